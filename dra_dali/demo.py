@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from dra_dali.errors import DraDaliError
+
 __all__ = ["DemoError", "DemoResult", "DemoRun", "run_demo", "DEMO_EPOCHS", "SEARCH_RECIPE"]
 
 #: The demo's search recipe: the shipped ``search/demo.yaml`` (see :mod:`dra_dali.recipes`).
@@ -36,7 +38,7 @@ _RUNS = (("no-aug", "none", "none (crop + flip only)"),
          ("dra", None, "DRA, searched here"))
 
 
-class DemoError(ValueError):
+class DemoError(DraDaliError):
     """The demo cannot run (output folder in use, missing extra, failed phase); the message says
     what to do."""
 

@@ -31,12 +31,14 @@ import click
 import torch
 from torch import nn
 
+from dra_dali.errors import DraDaliError
+
 __all__ = ["UnknownModelError", "create_model", "available_models", "BUILTIN_MODELS"]
 
 _EXTRA = "pip install 'dra-dali[models]'"
 
 
-class UnknownModelError(click.ClickException, ValueError):
+class UnknownModelError(click.ClickException, DraDaliError):
     """A model name the registry cannot resolve; the message lists the known names and the extra
     to install. A ``ValueError`` for library callers and a ``click.ClickException`` so a CLI
     command that lets it propagate prints the message without a traceback."""

@@ -24,6 +24,7 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 import yaml
 
+from dra_dali.errors import DraDaliError
 from dra_dali.ops import OP_NAMES, OPS
 
 __all__ = ["Layer", "Policy", "PolicyError", "PolicySample", "FORMAT", "preset_names"]
@@ -34,7 +35,7 @@ _LAYER_KEYS = {"logits", "mean", "std", "dist"}
 _DISTS = ("normal", "uniform")
 
 
-class PolicyError(ValueError):
+class PolicyError(DraDaliError):
     """A policy is invalid; the message names the field (``layers[1].std[3]``) and the problem."""
 
 

@@ -12,8 +12,13 @@ Example:
 from dra_dali.dali.compiler import AugmentTrace, apply_policy, augment
 from dra_dali.dali.loader import DALILoader
 from dra_dali.dali.operators import DALI_OPS
-from dra_dali.dali.pipelines import (PipelineRecipe, RecipeError, build_train_pipeline,
-                                     build_val_pipeline, load_recipe)
+from dra_dali.dali.pipelines import (
+                                     PipelineRecipe,
+                                     RecipeError,
+                                     build_train_pipeline,
+                                     build_val_pipeline,
+                                     load_recipe,
+)
 
 __all__ = ["augment", "apply_policy", "AugmentTrace", "DALI_OPS", "DALILoader", "PipelineRecipe",
            "RecipeError", "build_train_pipeline", "build_val_pipeline", "load_recipe"]

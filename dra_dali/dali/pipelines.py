@@ -36,6 +36,7 @@ import numpy as np
 import yaml
 
 from dra_dali.data import DataError, ImageList, scan_images
+from dra_dali.errors import DraDaliError
 from dra_dali.ops import translate_range_px
 from dra_dali.policy import Policy
 from dra_dali.recipes import find_recipe, recipe_dirs
@@ -64,7 +65,7 @@ _DTYPES = ("float32", "float16")
 _DEVICES = ("cpu", "gpu")
 
 
-class RecipeError(ValueError):
+class RecipeError(DraDaliError):
     """A pipeline recipe is invalid; the message names the file and the field."""
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from dra_dali.errors import DraDaliError
+
 __all__ = ["DataError", "ImageList", "IMAGE_EXTENSIONS", "scan_images"]
 
 #: File extensions treated as images (what DALI's image decoders read).
@@ -20,7 +22,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", 
                               ".pnm", ".ppm", ".pgm", ".pbm", ".jp2"})
 
 
-class DataError(ValueError):
+class DataError(DraDaliError):
     """Input data is unusable; the message names the path and what is wrong."""
 
 

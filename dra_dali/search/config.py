@@ -19,13 +19,14 @@ from typing import Any, Mapping
 
 import yaml
 
+from dra_dali.errors import DraDaliError
 from dra_dali.ops import OP_NAMES, OPS
 from dra_dali.recipes import find_recipe, recipe_names
 
 __all__ = ["SearchConfig", "ConfigError"]
 
 
-class ConfigError(ValueError):
+class ConfigError(DraDaliError):
     """A recipe or override is invalid; the message names the key (and the file)."""
 
 

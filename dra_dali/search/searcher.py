@@ -40,6 +40,7 @@ import yaml
 from torch import nn
 
 from dra_dali import __version__
+from dra_dali.errors import DraDaliError
 from dra_dali.ops import OPS
 from dra_dali.policy import Policy
 from dra_dali.search.config import ConfigError, SearchConfig
@@ -54,7 +55,7 @@ __all__ = ["run_search", "search_step", "SearchState", "load_checkpoint", "RunDi
 CHECKPOINT = "checkpoint.pt"
 
 
-class RunDirError(ValueError):
+class RunDirError(DraDaliError):
     """The run directory cannot be used (holds another search, or a checkpoint that does not
     match the configuration); the message says what to do."""
 

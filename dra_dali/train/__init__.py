@@ -10,7 +10,14 @@ Example:
 
 from dra_dali.train.checkpoint import load_checkpoint, save_checkpoint
 from dra_dali.train.config import TrainConfig, TrainError
-from dra_dali.train.loop import INTERRUPTED_EXIT, RUN_FILES, Loaders, TrainResult, resolve_policy, train
+from dra_dali.train.loop import (
+           INTERRUPTED_EXIT,
+           RUN_FILES,
+           Loaders,
+           TrainResult,
+           resolve_policy,
+           train,
+)
 
 __all__ = ["INTERRUPTED_EXIT", "Loaders", "RUN_FILES", "TrainConfig", "TrainError", "TrainResult",
            "load_checkpoint", "resolve_policy", "save_checkpoint", "train"]

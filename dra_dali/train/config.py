@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dra_dali.errors import DraDaliError
+
 __all__ = ["TrainConfig", "TrainError"]
 
 
-class TrainError(ValueError):
+class TrainError(DraDaliError):
     """A training run cannot start or continue; the message names the culprit and the fix."""
 
 

@@ -16,11 +16,21 @@ import torch
 from torch import nn
 
 from dra_dali.policy import Policy, PolicyError
-from dra_dali.train.checkpoint import (CHECKPOINT_NAME, load_checkpoint, rng_state,
-                                       save_checkpoint, set_rng_state)
+from dra_dali.train.checkpoint import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from dra_dali.train.config import TrainConfig, TrainError
-from dra_dali.train.distributed import (DistInfo, all_reduce_max, all_reduce_sum, barrier,
-                                        init_distributed)
+from dra_dali.train.distributed import (
+    DistInfo,
+    all_reduce_max,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+)
 from dra_dali.train.optim import build_optimizer, build_scheduler
 
 __all__ = ["TrainResult", "Loaders", "train", "resolve_policy", "RUN_FILES", "INTERRUPTED_EXIT"]
