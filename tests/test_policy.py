@@ -103,6 +103,10 @@ INVALID = [
     (("format",), "dra-policy/2", "format: expected 'dra-policy/1'"),
     (("magnitude",), 9, r"unknown field\(s\) \['magnitude'\]"),
     (("provenance",), [1, 2], "provenance: expected a mapping"),
+    (("fill",), 256, r"fill: expected an integer grey level in \[0, 255\], got 256"),
+    (("fill",), -1, r"fill: expected an integer grey level in \[0, 255\], got -1"),
+    (("fill",), 12.5, r"fill: expected an integer grey level"),
+    (("fill",), True, r"fill: expected an integer grey level"),
 ]
 
 
@@ -194,6 +198,61 @@ def test_unknown_preset_lists_the_known_ones():
         Policy.preset("dra-imagenet-vgg")
     with pytest.raises(PolicyError, match="known: ra-n"):
         Policy.preset("autoaugment")
+
+
+#: The 16 operators every RA/RA*/TA preset and paper policy uses (the paper's order).
+PAPER_16 = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
+            "Sharpness", "Contrast", "Cutout", "Solarize", "Posterize", "Equalize", "AutoContrast",
+            "Invert", "SolarizeAdd")
+#: Pinned preset hashes: a catalog change (a new operator such as Identity) must change none.
+PINNED_SHA256 = {
+    "ra-n2-m9": "6ee0b632788c2dd1b9fd01c218c2c31edca8e18cd9cbb3878ab86af2d2068f37",
+    "rastar-n2-m10": "0ce74062cd2573617d0420abb762ebcc91cfe65102f2232bea0403801711b0ee",
+    "ta": "b05473e03dc1159dda45b90d82e363c5986841a5cca1653a8566521c2a94ef62",
+    "rand-m9-n2-mstd0.5": "22738e608b4ddea2248b46e65ed8d86dd01b21d94f23134f202f4faa33462c63",
+    "dra-imagenet-resnet-50": "1b24b264cff56425050d00d9ae1f238fe0d360186c3f07324df57bf67d9cc899",
+    "dra-cifar10-wrn-28-10": "284c91bb37cdee252475738a6bc88dcb54c50f1dbbfded7faed15eb519894abf",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_SHA256))
+def test_presets_pin_their_operators_and_hashes(name):
+    policy = Policy.preset(name)
+    expected_ops = PAPER_16 if not name.startswith("rand-") else tuple(
+        op for op in PAPER_16 if op != "Cutout")
+    assert policy.ops == expected_ops
+    assert policy.sha256() == PINNED_SHA256[name]
+
+
+def test_preset_fill_values():
+    for key in json.loads(PACKAGED.read_text())["policies"]:
+        assert Policy.preset(f"dra-{key}").fill == 0, key          # the authors fill 0
+    for name in ("ra-n2-m9", "rastar-n2-m10", "ta", "rand-m9-n2-mstd0.5"):
+        assert Policy.preset(name).fill == 128, name               # TF-models RA and DALI: 128
+
+
+def test_rastar_preset_is_the_papers_ra_baseline():
+    policy = Policy.preset("rastar-n2-m10")
+    assert policy.ops == PAPER_16 and policy.depth == 2
+    assert np.allclose(policy.probabilities, 1 / 16)
+    assert np.allclose(policy.mean, 1.0) and np.allclose(policy.std, 0.0)
+    assert policy.apply_prob == (0.2, 0.8) and policy.scale == 1.0
+    assert Policy.preset("rastar-n3-m15").scale == 1.5
+    assert "rastar-n{N}-m{M}" in " ".join(__import__("dra_dali.policy").policy.preset_names())
+    with pytest.raises(PolicyError, match="N must be >= 1"):
+        Policy.preset("rastar-n0-m10")
+
+
+def test_fill_is_optional_in_v1_files_and_part_of_the_hash(tmp_path):
+    data = Policy.preset("ra-n2-m9").to_dict()
+    assert data["fill"] == 128
+    del data["fill"]
+    file = tmp_path / "old.yaml"
+    file.write_text(yaml.safe_dump(data))
+    assert Policy.load(file).fill == 128                           # absent: the historical 128
+    zero = Policy.from_dict({**data, "fill": 0})
+    assert zero.fill == 0 and zero.sha256() != Policy.load(file).sha256()
+    assert Policy.load(zero.save(tmp_path / "zero.yaml")) == zero
 
 
 def test_sha256_ignores_provenance():
