@@ -26,6 +26,7 @@ import yaml
 
 from dra_dali.errors import DraDaliError
 from dra_dali.ops import OP_NAMES, OPS
+from dra_dali.safe_yaml import load_yaml
 
 __all__ = ["Layer", "Policy", "PolicyError", "PolicySample", "FORMAT", "preset_names"]
 
@@ -33,6 +34,13 @@ FORMAT = "dra-policy/1"
 _TOP_KEYS = {"format", "ops", "resolution", "scale", "apply_prob", "fill", "layers", "provenance"}
 #: Fill of geometric operators when a file has no ``fill`` key (the historical behaviour).
 DEFAULT_FILL = 128
+# Bounds that keep every number far from float32 overflow in the compiled graph and the graph
+# itself small; the published policies use scale <= 3, |logit| < 10, mean and std < 2, 2-3 layers.
+MAX_SCALE = 10.0
+MAX_LOGIT = 1e9          # -1e9 is the customary "never" (probability 0 in float64)
+MAX_MAGNITUDE = 100.0    # |mean| and std, in units of the paper's range
+MAX_LAYERS = 32
+MAX_RESOLUTION = 16384
 _LAYER_KEYS = {"logits", "mean", "std", "dist"}
 _DISTS = ("normal", "uniform")
 
@@ -50,13 +58,21 @@ def _number(value: Any, where: str) -> float:
     return value
 
 
-def _numbers(values: Any, where: str, length: int) -> tuple[float, ...]:
+def _bounded(value: Any, where: str, low: float, high: float) -> float:
+    value = _number(value, where)
+    if not low <= value <= high:
+        raise PolicyError(f"{where}: must lie in [{low:g}, {high:g}], got {value:g}")
+    return value
+
+
+def _numbers(values: Any, where: str, length: int, low: float, high: float) -> tuple[float, ...]:
     if not isinstance(values, (list, tuple, np.ndarray)):
-        raise PolicyError(f"{where}: expected a list of {length} numbers, got {type(values).__name__}")
+        raise PolicyError(f"{where}: expected a list of {length} numbers, "
+                          f"got {type(values).__name__}")
     if len(values) != length:
         raise PolicyError(
             f"{where}: expected {length} numbers (one per entry of 'ops'), got {len(values)}")
-    return tuple(_number(v, f"{where}[{i}]") for i, v in enumerate(values))
+    return tuple(_bounded(v, f"{where}[{i}]", low, high) for i, v in enumerate(values))
 
 
 @dataclass(frozen=True)
@@ -205,19 +221,12 @@ class Policy:
         """Read and validate a policy file.
 
         Raises:
-            PolicyError: if the file is missing, is not YAML, uses YAML tags, or is invalid;
-                the message starts with the path.
+            PolicyError: if the file is missing, is not YAML text, uses YAML tags, crosses the
+                size, alias or depth bounds of :func:`dra_dali.safe_yaml.load_yaml`, or is
+                invalid; the message names the file.
         """
         path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise PolicyError(f"{path}: cannot read the policy file ({exc.strerror})") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise PolicyError(f"{path}: not a valid policy YAML file "
-                              f"(only plain YAML, no tags such as !!python/object): {exc}") from None
+        data = load_yaml(path, what="policy file", error=PolicyError)
         try:
             return _validate(data)
         except PolicyError as exc:
@@ -307,11 +316,13 @@ def _validate(data: Any) -> Policy:
 
     resolution = data.get("resolution", 224)
     if isinstance(resolution, bool) or not isinstance(resolution, numbers.Integral) \
-            or resolution <= 0:
-        raise PolicyError(f"resolution: expected a positive integer (pixels), got {resolution!r}")
+            or not 0 < resolution <= MAX_RESOLUTION:
+        raise PolicyError(f"resolution: expected a positive integer (pixels) up to "
+                          f"{MAX_RESOLUTION}, got {resolution!r}")
     scale = _number(data.get("scale", 1.0), "scale")
-    if scale <= 0:
-        raise PolicyError(f"scale: must be > 0, got {scale}")
+    if not 0 < scale <= MAX_SCALE:
+        raise PolicyError(f"scale: must be > 0 and <= {MAX_SCALE:g} (1 = the paper's range, "
+                          f"3 = its extended range), got {scale:g}")
 
     apply_prob = data.get("apply_prob", [0.2, 0.8])
     if not isinstance(apply_prob, (list, tuple)) or len(apply_prob) != 2:
@@ -325,6 +336,8 @@ def _validate(data: Any) -> Policy:
     raw_layers = data.get("layers")
     if not isinstance(raw_layers, (list, tuple)) or not raw_layers:
         raise PolicyError("layers: expected a non-empty list of layers")
+    if len(raw_layers) > MAX_LAYERS:
+        raise PolicyError(f"layers: at most {MAX_LAYERS} layers, got {len(raw_layers)}")
     layers = []
     for j, raw in enumerate(raw_layers):
         where = f"layers[{j}]"
@@ -342,12 +355,9 @@ def _validate(data: Any) -> Policy:
         for key in ("logits", "mean", "std"):
             if key not in raw:
                 raise PolicyError(f"{where}.{key}: missing")
-        logits = _numbers(raw["logits"], f"{where}.logits", n)
-        mean = _numbers(raw["mean"], f"{where}.mean", n)
-        std = _numbers(raw["std"], f"{where}.std", n)
-        for i, s in enumerate(std):
-            if s < 0:
-                raise PolicyError(f"{where}.std[{i}]: must be >= 0, got {s}")
+        logits = _numbers(raw["logits"], f"{where}.logits", n, -MAX_LOGIT, MAX_LOGIT)
+        mean = _numbers(raw["mean"], f"{where}.mean", n, -MAX_MAGNITUDE, MAX_MAGNITUDE)
+        std = _numbers(raw["std"], f"{where}.std", n, 0.0, MAX_MAGNITUDE)
         layers.append(Layer(logits=logits, mean=mean, std=std, dist=dist))
 
     fill = data.get("fill", DEFAULT_FILL)

@@ -82,7 +82,15 @@ INVALID = [
     (("ops",), [], "ops: expected a non-empty list"),
     (("layers", 0, "logits"), [0.0] * 15, r"layers\[0\].logits: expected 16 numbers"),
     (("layers", 1, "mean"), [0.5] * 17, r"layers\[1\].mean: expected 16 numbers"),
-    (("layers", 1, "std", 3), -0.1, r"layers\[1\].std\[3\]: must be >= 0"),
+    (("layers", 1, "std", 3), -0.1, r"layers\[1\].std\[3\]: must lie in \[0, 100\], got -0.1"),
+    (("layers", 0, "std", 2), 1e300, r"layers\[0\].std\[2\]: must lie in \[0, 100\]"),
+    (("layers", 1, "mean", 0), -1e300, r"layers\[1\].mean\[0\]: must lie in \[-100, 100\]"),
+    (("layers", 0, "logits", 5), 1e10, r"layers\[0\].logits\[5\]: must lie in \[-1e\+09, 1e\+09\]"),
+    (("layers",), [{"logits": [0] * 16, "mean": [0] * 16, "std": [0] * 16}] * 33,
+     "layers: at most 32 layers, got 33"),
+    (("scale",), float("inf"), "scale: must be finite"),
+    (("scale",), 11.0, "scale: must be > 0 and <= 10"),
+    (("resolution",), 10**6, "resolution: expected a positive integer .* up to 16384"),
     (("layers", 0, "mean", 2), float("nan"), r"layers\[0\].mean\[2\]: must be finite"),
     (("layers", 0, "logits", 0), float("inf"), r"layers\[0\].logits\[0\]: must be finite"),
     (("layers", 0, "std", 0), "0.1", r"layers\[0\].std\[0\]: expected a number, got str"),
@@ -128,7 +136,58 @@ def test_invalid_files_name_path_and_field(tmp_path, path, value, message):
 def test_yaml_tags_are_refused(tmp_path):
     file = tmp_path / "evil.yaml"
     file.write_text("format: dra-policy/1\nops: !!python/object/apply:os.system ['echo pwned']\n")
-    with pytest.raises(PolicyError, match="no tags"):
+    with pytest.raises(PolicyError, match="tags such as !!python/object are not allowed"):
+        Policy.load(file)
+
+
+def _alias_bomb() -> str:
+    """The 'billion laughs' policy: 9 levels of 9 aliases in provenance (9**9 strings)."""
+    lines = [Policy.preset("ra-n1-m9").to_yaml().split("provenance:")[0] + "provenance:",
+             "  a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for previous, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"  {name}: &{name} [" + ", ".join([f"*{previous}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("content,message", [
+    (_alias_bomb(), r"more than 1000000 values once its aliases .* are expanded"),
+    ("a: " + "[" * 100 + "]" * 100, "nested deeper than 64 levels"),
+    ("a: &x [1, *x]", r"alias \*x refers to an anchor that is not complete"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", r"binary data, not a YAML text file"),
+    (b"ops: [\xff\xfe]", r"not UTF-8 text \(undecodable byte at offset 6\)"),
+    ("ops: [ShearX\nlayers: 3", r"not valid YAML at line 2, column \d+: expected ','"),
+])
+def test_hostile_files_fail_fast_with_one_line(tmp_path, content, message):
+    import time
+
+    file = tmp_path / "hostile.yaml"
+    file.write_bytes(content if isinstance(content, bytes) else content.encode())
+    start = time.perf_counter()
+    with pytest.raises(PolicyError, match=message) as info:
+        Policy.load(file)
+    assert time.perf_counter() - start < 0.5
+    assert str(file) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_alias_bomb_is_refused_before_expansion():
+    """Plain yaml.safe_load accepts the bomb (it would only blow up when walked)."""
+    assert len(_alias_bomb()) < 1500
+    assert yaml.safe_load(_alias_bomb())["provenance"]["i"][0][0][0][0][0][0][0][0] == ["lol"] * 9
+
+
+def test_harmless_aliases_still_load(tmp_path):
+    data = Policy.preset("ra-n2-m9").to_yaml().replace(
+        "provenance:", "provenance:\n  a: &a [1, 2]\n  b: *a", 1)
+    file = tmp_path / "aliases.yaml"
+    file.write_text(data)
+    assert Policy.load(file).provenance["b"] == [1, 2]
+
+
+def test_oversized_file_is_refused_before_reading(tmp_path):
+    file = tmp_path / "huge.yaml"
+    with open(file, "wb") as handle:
+        handle.truncate(9 * 1024 * 1024)
+    with pytest.raises(PolicyError, match=r"too large \(9437184 bytes; the limit is 8388608\)"):
         Policy.load(file)
 
 
