@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 
 from dra_dali.errors import DraDaliError
-from dra_dali.ops import OP_NAMES, OPS
+from dra_dali.ops import OP_NAMES, OPS, PAPER_OPS
 from dra_dali.safe_yaml import load_yaml
 
 __all__ = ["Layer", "Policy", "PolicyError", "PolicySample", "FORMAT", "preset_names"]
@@ -400,12 +400,9 @@ _FlowListDumper.add_representer(list, _represent_list)
 
 # ----- presets ------------------------------------------------------------------------------
 # Presets pin their operator lists: a new catalog operator changes no preset and no preset hash.
-#: The DRA paper's 16 operators in the paper order (RandAugment's set plus Cutout).
-_PAPER_16 = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
-             "Sharpness", "Contrast", "Cutout", "Solarize", "Posterize", "Equalize",
-             "AutoContrast", "Invert", "SolarizeAdd")
+# PAPER_OPS is the DRA paper's 16 (RandAugment's 14, Cutout, SolarizeAdd), never the catalog.
 # timm's RandAugment op set: the paper's 16 without Cutout (timm applies erasing separately).
-_TIMM_OPS = tuple(name for name in _PAPER_16 if name != "Cutout")
+_TIMM_OPS = tuple(name for name in PAPER_OPS if name != "Cutout")
 #: Fill of the RandAugment / TrivialAugment / timm presets: TF-models RandAugment and DALI use 128.
 _RA_FILL = 128
 #: Fill of the paper's searched policies: the DRA authors fill 0 in search and retraining.
@@ -453,17 +450,17 @@ def _preset(name: str) -> Policy:
         raise PolicyError(f"preset name must be a string, got {name!r}")
     if name == "ta":
         # TrivialAugment: one layer, uniform choice, magnitude uniform over the whole range.
-        return Policy(_PAPER_16, _uniform_layers(1, len(_PAPER_16), 0.0, 0.0, "uniform"),
+        return Policy(PAPER_OPS, _uniform_layers(1, len(PAPER_OPS), 0.0, 0.0, "uniform"),
                       apply_prob=(1.0, 1.0), fill=_RA_FILL,
                       provenance={"method": "preset", "preset": "ta"})
     match = _RA.match(name)
     if match:
         n, m, mstd = int(match[1]), float(match[2]), float(match[3] or 0.0)
-        return _randaugment(n, m, mstd, max(1.0, m / 10.0), (1.0, 1.0), _PAPER_16, name)
+        return _randaugment(n, m, mstd, max(1.0, m / 10.0), (1.0, 1.0), PAPER_OPS, name)
     match = _RASTAR.match(name)
     if match:
         n, m = int(match[1]), float(match[2])
-        return _randaugment(n, m, 0.0, max(1.0, m / 10.0), _RASTAR_APPLY_PROB, _PAPER_16, name)
+        return _randaugment(n, m, 0.0, max(1.0, m / 10.0), _RASTAR_APPLY_PROB, PAPER_OPS, name)
     if name.startswith("rand-"):
         return _timm_preset(name)
     if name.startswith("dra-"):
