@@ -92,7 +92,8 @@ class SearchState:
 
     def context(self, generator: torch.Generator) -> StepContext:
         """What the method gets for a step."""
-        return StepContext(self.config, self.model, self.model_opt, self.normalize, generator)
+        return StepContext(self.config, self.model, self.model_opt, self.normalize, generator,
+                           self.epoch)
 
     def state_dict(self) -> dict[str, Any]:
         return {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(),
