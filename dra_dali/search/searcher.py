@@ -60,7 +60,7 @@ class RunDirError(DraDaliError):
     match the configuration); the message says what to do."""
 
 
-ModelFactory = Callable[[str, int], nn.Module]
+ModelFactory = Callable[..., nn.Module]  # (name, num_classes, **config.model_args)
 EpochHook = Callable[[int, dict[str, Any]], None]
 
 
@@ -72,13 +72,13 @@ def build_policy_module(config: SearchConfig) -> DRAPolicy:
                      init_logit=config.init_logit, init_mean=config.init_mean,
                      init_std=config.init_std, learn_w=config.learn_w,
                      learn_mean=config.learn_mean, learn_std=config.learn_std,
-                     op_gradient=config.op_gradient)
+                     op_gradient=config.op_gradient, fill=config.fill)
 
 
-def _default_factory(name: str, num_classes: int) -> nn.Module:
+def _default_factory(name: str, num_classes: int, **model_args: Any) -> nn.Module:
     from dra_dali.models import create_model
 
-    return create_model(name, num_classes)
+    return create_model(name, num_classes, **model_args)
 
 
 class SearchState:
@@ -89,7 +89,7 @@ class SearchState:
         self.config = config
         self.device = torch.device(config.device)
         torch.manual_seed(config.seed)
-        self.model = model_factory(config.model, num_classes).to(self.device)
+        self.model = model_factory(config.model, num_classes, **config.model_args).to(self.device)
         self.policy = build_policy_module(config).to(self.device)
         # Built once on the device: search_step normalises three batches per step.
         self.norm_mean, self.norm_std = (torch.tensor(v, device=self.device).view(1, 3, 1, 1)
@@ -189,9 +189,12 @@ def _cutout(x: torch.Tensor, side: int, generator: torch.Generator) -> torch.Ten
 
 def _validate_model(config: SearchConfig, num_classes: int, factory: ModelFactory) -> None:
     try:
-        factory(config.model, num_classes)
+        factory(config.model, num_classes, **config.model_args)
     except ValueError as exc:  # UnknownModelError is a ValueError
         raise ConfigError(f"model: {exc}") from None
+    except TypeError as exc:  # a keyword argument the constructor does not take
+        raise ConfigError(f"model_args: {dict(config.model_args)} do not fit model "
+                          f"{config.model!r} ({exc})") from None
 
 
 def _prepare_run_dir(out: Path, config: SearchConfig, resume: bool) -> dict[str, Any] | None:
@@ -336,7 +339,7 @@ def _epoch(state: SearchState, proxy: ProxySet, steps: int, bar: Any,
     for step in range(steps):
         idx_a = order_a[step * bs:(step + 1) * bs]
         idx_b = order_b[step * bs:(step + 1) * bs]
-        xb = crop_flip(proxy.policy_half.images[idx_b], config, gen)
+        xb = crop_flip(proxy.policy_half.images[idx_b], config, gen, policy_half=True)
         if policy_half_transform is not None:
             xb = policy_half_transform(xb)
         xa = crop_flip(proxy.model_half.images[idx_a], config, gen)
@@ -372,7 +375,10 @@ def search_step(state: SearchState, xa: torch.Tensor, ya: torch.Tensor, xb: torc
     if state.policy_opt is not None:
         with torch.no_grad():
             clean = state.model(_normalize(xb, state))
-        logits = state.model(_normalize(state.policy(xb, generator), state))
+        augmented = state.policy(xb, generator)
+        if config.cutout > 0 and config.cutout_policy_step:
+            augmented = _cutout(augmented, config.cutout, generator)
+        logits = state.model(_normalize(augmented, state))
         ce = F.cross_entropy(logits, yb)
         kl = F.kl_div(F.log_softmax(logits, dim=1), F.log_softmax(clean, dim=1),
                       reduction="batchmean", log_target=True)
