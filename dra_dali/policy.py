@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 
 from dra_dali.errors import DraDaliError
-from dra_dali.ops import OP_NAMES, OPS
+from dra_dali.ops import OP_NAMES, OPS, PAPER_OPS
 
 __all__ = ["Layer", "Policy", "PolicyError", "PolicySample", "FORMAT", "preset_names"]
 
@@ -377,7 +377,7 @@ _FlowListDumper.add_representer(list, _represent_list)
 
 # ----- presets ------------------------------------------------------------------------------
 # timm's RandAugment op set: the catalog without Cutout (timm applies cutout/erasing separately).
-_TIMM_OPS = tuple(name for name in OP_NAMES if name != "Cutout")
+_TIMM_OPS = tuple(name for name in PAPER_OPS if name != "Cutout")
 
 
 def _paper_policies() -> dict[str, Any]:
@@ -417,12 +417,12 @@ def _preset(name: str) -> Policy:
         raise PolicyError(f"preset name must be a string, got {name!r}")
     if name == "ta":
         # TrivialAugment: one layer, uniform choice, magnitude uniform over the whole range.
-        return Policy(OP_NAMES, _uniform_layers(1, len(OP_NAMES), 0.0, 0.0, "uniform"),
+        return Policy(PAPER_OPS, _uniform_layers(1, len(PAPER_OPS), 0.0, 0.0, "uniform"),
                       apply_prob=(1.0, 1.0), provenance={"method": "preset", "preset": "ta"})
     match = _RA.match(name)
     if match:
         n, m, mstd = int(match[1]), float(match[2]), float(match[3] or 0.0)
-        return _randaugment(n, m, mstd, max(1.0, m / 10.0), 1.0, OP_NAMES, name)
+        return _randaugment(n, m, mstd, max(1.0, m / 10.0), 1.0, PAPER_OPS, name)
     if name.startswith("rand-"):
         return _timm_preset(name)
     if name.startswith("dra-"):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from dra_dali import Policy, PolicyError
-from dra_dali.ops import OP_NAMES, OPS
+from dra_dali.ops import OP_NAMES, OPS, PAPER_OPS
 from dra_dali.policy import Layer
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "dra_paper_policies.json"
@@ -147,7 +147,7 @@ def test_policy_is_frozen_and_validated_on_construction():
 # ----- presets ---------------------------------------------------------------------------------
 def test_randaugment_preset():
     policy = Policy.preset("ra-n2-m9")
-    assert policy.ops == OP_NAMES and policy.depth == 2
+    assert policy.ops == PAPER_OPS and policy.depth == 2
     assert np.allclose(policy.probabilities, 1 / 16)
     assert np.allclose(policy.mean, 0.9) and np.allclose(policy.std, 0.0)
     assert policy.apply_prob == (1.0, 1.0) and policy.scale == 1.0
@@ -217,7 +217,7 @@ def _skewed() -> Policy:
     std[5] = 0.0         # Brightness: deterministic magnitude
     mean[6], std[6] = 0.05, 0.3   # Color: mass clipped at 0
     layer = Layer(tuple(logits), tuple(mean), tuple(std))
-    return Policy(OP_NAMES, (layer, layer), apply_prob=(0.2, 0.8))
+    return Policy(PAPER_OPS, (layer, layer), apply_prob=(0.2, 0.8))
 
 
 def test_sampler_operator_frequencies_chi_square():
@@ -252,13 +252,13 @@ def test_sampler_magnitudes_ks_with_clipped_mass():
         assert np.mean(sample == 1.0) == pytest.approx(stats.norm.sf(1, mean, std), abs=0.02)
     assert np.all(mag[op == 5] == 0.5)                    # std 0: exactly the mean
     for free in ("Equalize", "AutoContrast", "Invert"):
-        assert np.all(mag[op == OP_NAMES.index(free)] == 0.0)
+        assert np.all(mag[op == PAPER_OPS.index(free)] == 0.0)
 
 
 def test_sampler_signs_and_applied_fraction():
     policy = _skewed()
     draws = policy.sample(N, seed=3)
-    signed = np.array([OPS[name].signed for name in OP_NAMES])
+    signed = np.array([OPS[name].signed for name in PAPER_OPS])
     sign = draws.sign.ravel()
     mask = signed[draws.op.ravel()]
     assert set(np.unique(sign[~mask])) == {1}
@@ -273,7 +273,7 @@ def test_sampler_uniform_layers_and_determinism():
     ta = Policy.preset("ta")
     first, second = ta.sample(20_000, seed=5), ta.sample(20_000, seed=5)
     assert np.array_equal(first.magnitude, second.magnitude)
-    free = np.isin(first.op[:, 0], [OP_NAMES.index(n) for n in ("Equalize", "AutoContrast", "Invert")])
+    free = np.isin(first.op[:, 0], [PAPER_OPS.index(n) for n in ("Equalize", "AutoContrast", "Invert")])
     _, p = stats.kstest(first.magnitude[~free, 0], stats.uniform(0, 1).cdf)
     assert p > 1e-3
     assert not np.array_equal(first.op, ta.sample(20_000, seed=6).op)

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import yaml
 
 from dra_dali.errors import DraDaliError
-from dra_dali.ops import OP_NAMES, OPS
+from dra_dali.ops import OP_NAMES, OPS, PAPER_OPS
 from dra_dali.recipes import find_recipe, recipe_names
 
 __all__ = ["SearchConfig", "ConfigError"]
@@ -102,7 +102,7 @@ class SearchConfig:
     normalize: tuple[tuple[float, float, float], tuple[float, float, float]] = (
         (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     depth: int = 2
-    ops: tuple[str, ...] = OP_NAMES
+    ops: tuple[str, ...] = PAPER_OPS
     scale: float = 1.0
     apply_prob: tuple[float, float] = (0.2, 0.8)
     temperature: float = 0.5

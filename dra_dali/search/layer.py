@@ -32,7 +32,7 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import nn
 
-from dra_dali.ops import FILL_VALUE, OP_NAMES, OPS
+from dra_dali.ops import FILL_VALUE, OP_NAMES, OPS, PAPER_OPS
 from dra_dali.policy import Layer, Policy
 from dra_dali.search.ops import apply_op, cutout_centers
 
@@ -62,7 +62,7 @@ class DRAPolicy(nn.Module):
         ValueError: for an unknown operator, a depth below 1, a bad sampling mode or ranges.
     """
 
-    def __init__(self, ops: Sequence[str] = OP_NAMES, depth: int = 2, resolution: int = 224,
+    def __init__(self, ops: Sequence[str] = PAPER_OPS, depth: int = 2, resolution: int = 224,
                  scale: float = 1.0, apply_prob: tuple[float, float] = (0.2, 0.8),
                  temperature: float = 0.5, sampling: Literal["image", "batch"] = "image",
                  init_logit: float = 1e-3, init_mean: float = 0.5, init_std: float = 0.1,

@@ -224,6 +224,10 @@ def _invert(x, v=None, **_):
     return 1.0 - x
 
 
+def _identity(x, v=None, **_):
+    return x
+
+
 def _solarize_add(x, v, **_):
     added = torch.clamp(x + torch.floor(v).view(-1, 1, 1, 1) / 255.0, max=1.0)
     return torch.where(_levels(x) < 128, added, x)
@@ -235,7 +239,7 @@ _IMPL: dict[str, Callable[..., torch.Tensor]] = {
     "Brightness": _brightness, "Color": _color,
     "Sharpness": _sharpness, "Contrast": _contrast, "Cutout": _cutout, "Solarize": _solarize,
     "Posterize": _posterize, "Equalize": _equalize, "AutoContrast": _autocontrast,
-    "Invert": _invert, "SolarizeAdd": _solarize_add,
+    "Invert": _invert, "SolarizeAdd": _solarize_add, "Identity": _identity,
 }
 #: Names of the operators implemented in torch (a test asserts this equals ``OP_NAMES``).
 TORCH_OPS: tuple[str, ...] = tuple(_IMPL)
