@@ -15,7 +15,9 @@ from torch import nn
 
 from dra_dali.search import ConfigError, SearchConfig
 from dra_dali.search.data import crop_flip
-from dra_dali.search.searcher import SearchState, _validate_model, search_step
+from dra_dali.search.methods.base import Batch, StepContext
+from dra_dali.search.methods.dra import DRAMethod
+from dra_dali.search.searcher import SearchState, _validate_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,6 +33,9 @@ def test_paper_recipes_carry_the_authors_search_settings():
     assert cifar.cutout == 16 and cifar.cutout_policy_step
     assert dict(cifar.model_args) == {"dropout": 0.3}
     assert (cifar.fill, imagenet.fill) == (0, 0)
+    from dra_dali.search.methods.dra import build_policy_module
+
+    assert build_policy_module(cifar.replace(fill=7)).fill == 7
 
 
 def test_policy_crop_none_keeps_the_image_and_does_not_flip():
@@ -95,14 +100,16 @@ class _Recorder(nn.Module):
 
 @pytest.mark.parametrize("both", [False, True])
 def test_cutout_in_the_policy_step_only_when_asked(both):
-    cfg = SearchConfig.from_dict({
-        "resolution": 32, "cutout": 16, "cutout_policy_step": both, "apply_prob": [0.0, 0.0],
-        "normalize": [[0, 0, 0], [1, 1, 1]], "batch_size": 4})
-    state = SearchState(cfg, 2, 1, lambda name, n: _Recorder(n))
-    white, labels = torch.ones(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])
-    search_step(state, white, labels, white, labels, torch.Generator().manual_seed(0))
-    clean, policy_batch, model_batch = state.model.seen
-    assert torch.equal(clean, white)  # the KL target is never cut out
+    cfg = SearchConfig.from_dict({"resolution": 32, "cutout": 16, "cutout_policy_step": both,
+                                  "apply_prob": [0.0, 0.0], "batch_size": 4})
+    model = _Recorder(2)
+    ctx = StepContext(cfg, model, torch.optim.SGD(model.parameters(), lr=0.1), lambda x: x,
+                      torch.Generator().manual_seed(0))
+    method = DRAMethod(cfg, cfg.options, num_classes=2, device=torch.device("cpu"))
+    white = Batch(torch.ones(4, 3, 32, 32), torch.tensor([0, 1, 0, 1]))
+    method.step(ctx, white, white)
+    clean, policy_batch, model_batch = model.seen
+    assert torch.equal(clean, white.images)  # the KL target is never cut out
 
     def cut(batch):  # pixels set to black, per image
         return (batch == 0).all(dim=1).flatten(1).sum(dim=1)

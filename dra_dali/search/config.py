@@ -35,6 +35,9 @@ class SearchConfig:
     """Everything a search needs; the field names are the recipe keys.
 
     Attributes:
+        method: search method (:data:`dra_dali.search.methods.METHODS`: ``dra``, ``ddas``, ...).
+        method_options: the method's own keys; a recipe gives them under the method's name
+            (``ddas: {policies_per_step: 3}``), validated by the method.
         data: image folder or file list the proxy set is sampled from.
         val_data: optional image folder / list for the policy-update half (same classes).
         model: model registry name (:func:`dra_dali.models.create_model`).
@@ -83,6 +86,8 @@ class SearchConfig:
         threads: torch CPU threads (``null``: torch's default).
     """
 
+    method: str = "dra"
+    method_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     data: str | None = None
     val_data: str | None = None
     model: str = "resnet-tiny"
@@ -146,8 +151,13 @@ class SearchConfig:
     # ----- construction -----------------------------------------------------------------------
     @classmethod
     def keys(cls) -> list[str]:
-        """The recipe keys."""
-        return [f.name for f in dataclasses.fields(cls)]
+        """The top-level recipe keys (a method's own keys sit under its name)."""
+        return [f.name for f in dataclasses.fields(cls) if f.name != "method_options"]
+
+    @property
+    def options(self) -> Any:
+        """The method's parsed ``Options`` (see :mod:`dra_dali.search.methods.base`)."""
+        return self.__dict__["_options"]
 
     @classmethod
     def from_recipe(cls, recipe: str | Path | None = None,
@@ -194,10 +204,16 @@ class SearchConfig:
         extra = {k: v for k, v in (overrides or {}).items() if v is not None}
         _refuse_unknown(extra, "overrides")
         values.update(extra)
-        parsed = {k: (yaml.safe_load(v) if isinstance(v, str) else v)
-                  for k, v in (settings or {}).items()}
-        _refuse_unknown(parsed, "--set")
-        values.update(parsed)
+        for key, value in (settings or {}).items():
+            value = yaml.safe_load(value) if isinstance(value, str) else value
+            section, dot, option = str(key).partition(".")
+            if dot:  # a method option: --set ddas.lr=0.02
+                _refuse_unknown({section: None}, "--set")
+                nested = values.get(section)
+                values[section] = {**(nested if isinstance(nested, dict) else {}), option: value}
+            else:
+                _refuse_unknown({key: value}, "--set")
+                values[key] = value
         return cls.from_dict(values, where)
 
     @classmethod
@@ -208,9 +224,19 @@ class SearchConfig:
             ConfigError: unknown keys or invalid values, naming the key.
         """
         _refuse_unknown(values, where)
-        converted = {}
+        method = str(values.get("method", cls.method))
+        sections = {k: v for k, v in values.items() if k in _method_names()}
+        for name in sections:
+            if name != method:
+                raise ConfigError(f"{where}: {name}: options of method {name!r}, but method is "
+                                  f"{method!r}")
+        options = sections.get(method) or {}
+        if not isinstance(options, Mapping):
+            raise ConfigError(f"{where}: {method}: must be a mapping of the method's options, "
+                              f"got {options!r}")
+        converted: dict[str, Any] = {"method_options": dict(options)}
         for f in dataclasses.fields(cls):
-            if f.name in values:
+            if f.name in values and f.name != "method_options":
                 default = f.default if f.default_factory is dataclasses.MISSING \
                     else f.default_factory()
                 converted[f.name] = _convert(f.name, values[f.name], default, where)
@@ -221,8 +247,13 @@ class SearchConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain values (tuples as lists), as written to ``config.yaml``."""
         def plain(v: Any) -> Any:
+            if isinstance(v, Mapping):
+                return {k: plain(i) for k, i in v.items()}
             return [plain(i) for i in v] if isinstance(v, (tuple, list)) else v
-        return {k: plain(v) for k, v in dataclasses.asdict(self).items()}
+        values = {k: plain(getattr(self, k)) for k in self.keys()}
+        if self.method_options:
+            values[self.method] = plain(self.method_options)
+        return values
 
     def replace(self, **changes: Any) -> "SearchConfig":
         """A validated copy with some fields changed."""
@@ -276,10 +307,26 @@ class SearchConfig:
             raise bad("normalize", "must be [[mean r, g, b], [std r, g, b]] with std > 0")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise bad("device", "must be 'cpu', 'cuda' or 'cuda:N'")
+        self._parse_options(where)
+
+    def _parse_options(self, where: str) -> None:
+        from dra_dali.search.methods import OptionsError, get_method
+
+        try:
+            options = get_method(self.method).parse_options(self.method_options, self)
+        except OptionsError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        self.__dict__["_options"] = options
+
+
+def _method_names() -> list[str]:
+    from dra_dali.search.methods import METHODS
+
+    return list(METHODS)
 
 
 def _refuse_unknown(values: Mapping[str, Any], where: str) -> None:
-    known = set(SearchConfig.keys())
+    known = set(SearchConfig.keys()) | set(_method_names())
     unknown = sorted(str(k) for k in values if k not in known)
     if unknown:
         raise ConfigError(f"{where}: unknown recipe key(s) {unknown}; known keys: "
