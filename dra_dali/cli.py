@@ -37,7 +37,7 @@ def show(policy: Path, plot: Path | None) -> None:
 
     loaded = _load_policy(policy)
     click.echo(f"{policy}: {loaded.depth} layers, {len(loaded.ops)} operators, resolution "
-               f"{loaded.resolution}, scale {loaded.scale}")
+               f"{loaded.resolution}, scale {loaded.scale}, fill {loaded.fill}")
     if loaded.provenance:
         click.echo("provenance: " + ", ".join(f"{k}={v}" for k, v in loaded.provenance.items()))
     click.echo(policy_table(loaded))

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from dra_dali.errors import DraDaliError
 from dra_dali.ops import OP_NAMES, OPS, PAPER_OPS
 from dra_dali.recipes import find_recipe, recipe_names
+from dra_dali.safe_yaml import load_yaml
 
 __all__ = ["SearchConfig", "ConfigError"]
 
@@ -188,12 +187,7 @@ class SearchConfig:
                                   f"the shipped recipes: {', '.join(recipe_names('search'))}")
             recipe = found
             where = str(recipe)
-            try:
-                loaded = yaml.safe_load(Path(recipe).read_text())
-            except OSError as exc:
-                raise ConfigError(f"{recipe}: cannot read the recipe ({exc.strerror})") from None
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"{recipe}: not valid YAML: {exc}") from None
+            loaded = load_yaml(Path(recipe), what="search recipe", error=ConfigError)
             if loaded is None:
                 loaded = {}
             if not isinstance(loaded, dict):
@@ -205,7 +199,8 @@ class SearchConfig:
         _refuse_unknown(extra, "overrides")
         values.update(extra)
         for key, value in (settings or {}).items():
-            value = yaml.safe_load(value) if isinstance(value, str) else value
+            if isinstance(value, str):
+                value = load_yaml(value, what=str(key), error=ConfigError)
             section, dot, option = str(key).partition(".")
             if dot:  # a method option: --set ddas.lr=0.02
                 _refuse_unknown({section: None}, "--set")
@@ -356,7 +351,7 @@ def _convert(key: str, value: Any, default: Any, where: str) -> Any:
             return value
         if isinstance(default, tuple):
             if isinstance(value, str):
-                value = yaml.safe_load(value)
+                value = load_yaml(value, what=key, error=ConfigError)
             if not isinstance(value, (list, tuple)):
                 raise ValueError(value)
             if default and isinstance(default[0], tuple):
