@@ -275,3 +275,33 @@ def test_item8_stale_cache_symlink_and_partial_cache_entry_are_rebuilt(tmp_path,
     embedded_dataset(cache)
     assert (entry / "dataset.json").is_file()
     assert sorted(p.name for p in cache.iterdir()) == [entry.name]
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("scale=inf", "scale: must be a finite number, got inf"),
+    ("lr=1e30", "lr: 1e+30 is out of range"),
+    ("kl_weight=.nan", "kl_weight: must be a finite number, got nan"),
+])
+def test_item8_search_recipe_values_are_refused_before_any_work(tmp_path, embedded, setting,
+                                                                message):
+    import dra_dali.search  # noqa: F401  (imports are not what is timed)
+
+    started = time.perf_counter()
+    result = CliRunner().invoke(main, ["search", "--data", str(embedded.train), "--out",
+                                       str(tmp_path / "run"), "--recipe", "demo", "--set",
+                                       setting])
+    assert message in _one_line_error(result)
+    assert time.perf_counter() - started < 2 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--lr", "1e30"], "lr must be at most 10"),
+    (["--lr", "inf"], "lr must be a finite number"),
+    (["--weight-decay", "nan"], "weight_decay must be a finite number"),
+])
+def test_item8_train_values_are_refused_before_any_work(tmp_path, embedded, flags, message):
+    result = CliRunner().invoke(main, ["train", "--data", str(embedded.train), "--val-data",
+                                       str(embedded.val), "--policy", "none", "--out",
+                                       str(tmp_path / "run"), *flags])
+    assert message in _one_line_error(result)
+    assert not (tmp_path / "run").exists()
