@@ -76,7 +76,9 @@ class SearchConfig:
         init_logit, init_mean, init_std: initial policy parameters.
         learn_w, learn_mean, learn_std, op_gradient, kl_weight: ablation switches
             (``kl_weight: 0`` turns the KL term off).
-        epochs, batch_size: passes over the model half and batch size of both steps.
+        epochs, batch_size: passes over the model half and its batch size.
+        val_batch_size: batch size of the second half (DRA's policy half, DDAS's validation
+            half; ``null``: ``batch_size``).
         lr, lr_batch: model SGD learning rate ``lr * batch_size / lr_batch`` (cosine decay).
         momentum, nesterov, weight_decay, grad_clip: model optimiser.
         policy_lr, policy_betas, policy_weight_decay: the policy's AdamW.
@@ -121,6 +123,7 @@ class SearchConfig:
     kl_weight: float = 1.0
     epochs: int = 20
     batch_size: int = 32
+    val_batch_size: int | None = None
     lr: float = 0.1
     lr_batch: int = 256
     momentum: float = 0.9
@@ -261,7 +264,8 @@ class SearchConfig:
         for key in ("resolution", "depth", "epochs", "batch_size", "lr_batch"):
             if getattr(self, key) < 1:
                 raise bad(key, "must be >= 1")
-        for key in ("proxy_classes", "images_per_class", "decode_size", "threads"):
+        for key in ("proxy_classes", "images_per_class", "decode_size", "threads",
+                    "val_batch_size"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise bad(key, "must be >= 1 or null")
@@ -335,7 +339,7 @@ def _convert(key: str, value: Any, default: Any, where: str) -> Any:
     try:
         if isinstance(default, dict):
             if isinstance(value, str):
-                value = yaml.safe_load(value)
+                value = load_yaml(value, what=key, error=ConfigError)
             if not isinstance(value, Mapping):
                 raise ValueError(value)
             return {str(k): v for k, v in value.items()}
@@ -362,7 +366,7 @@ def _convert(key: str, value: Any, default: Any, where: str) -> Any:
         if isinstance(default, float):
             return float(value)
         if isinstance(default, int) or key in ("proxy_classes", "images_per_class",
-                                               "decode_size", "threads"):
+                                               "decode_size", "threads", "val_batch_size"):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
             return int(value)
