@@ -216,6 +216,60 @@ def demo(out: Path, epochs: int | None, seed: int, force: bool) -> None:
     click.echo(result.report())
 
 
+@main.command()
+@click.option("--methods", default="dra,ddas,faster-aa,das,ra,ta",
+              help="Comma-separated: searched methods (dra, ddas, faster-aa, das) and presets "
+              "(ra = ra-n2-m9, ta = TrivialAugment, none).")
+@click.option("--data", default=None, help="Training image folder  [default: the embedded demo "
+              "dataset]")
+@click.option("--val-data", default=None, help="Validation image folder, same classes as --data.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Comparison folder; run again with the same --out to continue it.")
+@click.option("--seeds", default=1, type=click.IntRange(min=1), help="Seeds 0..N-1 per method.")
+@click.option("--search-epochs", default=4, type=click.IntRange(min=1), help="Search epochs of "
+              "every searched method.")
+@click.option("--epochs", default=6, type=click.IntRange(min=1), help="Training epochs of every "
+              "method.")
+@click.option("--recipe", default="demo", help="Search recipe every method shares (proxy set, "
+              "model, resolution).")
+@click.option("--proxy-images", type=click.IntRange(min=2), default=None,
+              help="Proxy images per class of every search  [default: the recipe's]")
+@click.option("--model", default="resnet-tiny", help="Model every policy trains.")
+@click.option("--pipeline", default="demo", help="Training pipeline recipe.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None,
+              help="Cap training steps per epoch (quick checks).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
+def compare(methods: str, data: str | None, val_data: str | None, out: Path, seeds: int,
+            search_epochs: int, epochs: int, recipe: str, proxy_images: int | None, model: str,
+            pipeline: str, max_steps: int | None, device: str) -> None:
+    """Search every method on the same proxy and retrain each with the same budget and seeds;
+    writes OUT/results.md (search seconds, train images/s, val top-1/top-5 mean ± spread),
+    OUT/compare.png and one folder per run. Rerun to continue an interrupted comparison."""
+    from dra_dali.compare import Budget, run_compare
+    from dra_dali.errors import DraDaliError
+    from dra_dali.search.searcher import SearchTerminated
+
+    budget = Budget(search_recipe=recipe, search_epochs=search_epochs,
+                    images_per_class=proxy_images, train_epochs=epochs, model=model,
+                    pipeline=pipeline, max_steps=max_steps, device=device)
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    try:
+        result = run_compare(names, out=out, data=data, val_data=val_data, seeds=seeds,
+                             budget=budget, log=lambda line: click.echo(line, err=True))
+    except DraDaliError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt as exc:
+        click.echo(f"\ninterrupted; finished runs are kept in {out}; run the same command "
+                   "again to continue", err=True)
+        terminated = isinstance(exc, SearchTerminated)
+        raise SystemExit(128 + (signal.SIGTERM if terminated else signal.SIGINT)) from None
+    if not result.finished:
+        click.echo(f"stopped; finished runs are kept in {out}; run the same command again to "
+                   "continue", err=True)
+        raise SystemExit(128 + signal.SIGTERM)
+    click.echo(f"{result.table()}\n\ntable: {out / 'results.md'}, plot: {out / 'compare.png'}")
+
+
 @main.command("compile")
 @click.argument("policy")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
