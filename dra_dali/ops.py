@@ -204,7 +204,7 @@ def _spec(name: str) -> OpSpec:
     try:
         return OPS[name]
     except KeyError:
-        raise KeyError(f"unknown operator {name!r}; the catalog has: {', '.join(OP_NAMES)}") from None
+        raise KeyError(f"unknown operator {name!r}; the catalog has: {', '.join(OPS)}") from None
 
 
 def parameter_array(name: str, magnitude, sign=1, resolution: int = 224) -> np.ndarray:

@@ -256,11 +256,15 @@ def _compiled_against_reference(policy, photos, seed: int = 3):
 
     images = [photos[i % len(photos)] for i in range(96)]
     out, trace = apply_policy(policy, np.stack(images), seed=seed, trace=True, batch_size=48)
-    seen = set()
+    layer, seen = policy.layers[0], set()
     for i, image in enumerate(images):
-        name = policy.ops[int(trace.op[i, 0])]
+        k = int(trace.op[i, 0])
+        name = policy.ops[k]
         seen.add(name)
-        m, s = float(np.float32(trace.magnitude[i, 0])), int(trace.sign[i, 0])
+        # a fixed magnitude is the policy's own number; the trace holds its float32
+        m = float(np.float32(trace.magnitude[i, 0])) if layer.std[k] > 0 else float(
+            np.clip(layer.mean[k], 0, policy.scale) * (not OPS[name].magnitude_free))
+        s = int(trace.sign[i, 0])
         ref = apply_reference(name, image, m, s, resolution=policy.resolution, fill=policy.fill)
         assert_parity(name, [(m, s, policy.resolution, policy.fill, image, out[i], ref, None)])
     return seen
@@ -382,11 +386,10 @@ def test_dali_matches_torch_search_operator(sweep, name):
         pytest.skip(f"torch search operators (dra_dali.search.ops) not available: {exc}")
     mae_limit, max_limit = OPS[name].parity.dali_torch
     for m, s, r, f, image, out, _, centre in sweep[name]:
-        if f != 128:
-            continue                          # the torch operators' fill is the dra engineer's
         x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
         extra = {"centers": torch.tensor([centre])} if name == "Cutout" else {}
-        y = torch_op(name, x, torch.tensor([m]), torch.tensor([float(s)]), resolution=r, **extra)
+        y = torch_op(name, x, torch.tensor([m]), torch.tensor([float(s)]), resolution=r, fill=f,
+                     **extra)
         y = y[0].permute(1, 2, 0).detach().numpy() * 255.0
         diff = np.abs(out.astype(np.float64) - y).max(axis=2)
         if OPS[name].kind == "geometric":

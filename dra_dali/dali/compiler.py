@@ -68,10 +68,11 @@ class AugmentTrace:
         return self.op, self.sign, self.magnitude, self.applied
 
 
-def _table(values: Sequence[float], index: DataNode, dtype=np.float64):
-    """Per-sample ``values[index]``; a plain number when every value is the same."""
+def _table(values: Sequence[float], index: DataNode, dtype=np.float64, node: bool = False):
+    """Per-sample ``values[index]``; a plain number when every value is the same (unless
+    ``node``)."""
     values = np.asarray(values, dtype=dtype)
-    if np.all(values == values.flat[0]):
+    if not node and np.all(values == values.flat[0]):
         return float(values.flat[0]) if values.ndim == 1 else types.Constant(values[0])
     return types.Constant(values)[index]
 
@@ -99,7 +100,8 @@ def _parameters(kernels: list[DaliKernel], branch, magnitude, sign, resolution: 
         table = [[parameter(s.name, m, sign, resolution) for sign in (-1, 1)]
                  for s, m in zip(specs, fixed)]
         table = np.where(np.array(floor)[:, None] > 0, np.floor(table), table)
-        return _table(np.asarray(table, np.float32).ravel(), branch * 2 + (sign > 0), np.float32)
+        return _table(np.asarray(table, np.float32).ravel(), branch * 2 + (sign > 0), np.float32,
+                      node=True)
     bounds = np.clip([s.bounds_at(resolution) for s in specs], -_HUGE, _HUGE)
     value = (_table([s.identity for s in specs], branch)
              + fn.cast(sign, dtype=types.FLOAT64)
@@ -268,9 +270,50 @@ def augment(images: DataNode, policy: Policy, trace: bool = False, seed: int | N
     return images, AugmentTrace(*stacked)
 
 
+def _checked_images(images) -> list[np.ndarray]:
+    if isinstance(images, np.ndarray) and images.ndim != 4:
+        raise ValueError(f"apply_policy: images must be (N, H, W, 3) uint8, got an array of "
+                         f"shape {images.shape}")
+    items = [np.ascontiguousarray(im) for im in images]
+    if not items:
+        raise ValueError("apply_policy: no images given")
+    for i, im in enumerate(items):
+        if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
+            raise ValueError(f"apply_policy: image {i} must be uint8 (H, W, 3) RGB, got "
+                             f"dtype {im.dtype} shape {im.shape}")
+    return items
+
+
+def _check_target(policy, device: str) -> None:
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"apply_policy: device must be 'cpu' or 'gpu', got {device!r}")
+    if not isinstance(policy, Policy):
+        raise TypeError(f"apply_policy: policy must be a dra_dali.Policy, got "
+                        f"{type(policy).__name__}")
+    if device == "gpu":
+        from nvidia.dali.backend import GetCUDADeviceCount
+
+        if GetCUDADeviceCount() == 0:
+            raise RuntimeError("apply_policy(device='gpu') needs a CUDA GPU and this machine has "
+                               "none visible; use device='cpu' (the same graph on the CPU)")
+
+
+def _run_batches(pipe, items: list[np.ndarray], batch: int, trace: bool):
+    """Feed ``items`` in batches; the images and, with ``trace``, the four trace columns."""
+    results: list[np.ndarray] = []
+    columns: list[list[np.ndarray]] = [[], [], [], []]
+    for start in range(0, len(items), batch):
+        pipe.feed_input("images", items[start:start + batch])
+        outputs = [o.as_cpu() if hasattr(o, "as_cpu") else o for o in pipe.run()]
+        results.extend(np.array(o) for o in outputs[0])
+        for f in range(4 if trace else 0):
+            columns[f].append(np.stack([np.array(x) for x in outputs[1 + f]]))
+    return results, columns
+
+
 def apply_policy(policy: Policy, images: np.ndarray | Sequence[np.ndarray], seed: int = 0,
                  device: str = "cpu", trace: bool = False, batch_size: int = 256,
-                 num_threads: int = 2):
+                 num_threads: int = 2, interpolation: str = "linear"):
     """Run the compiled policy on in-memory images (numpy in, numpy out).
 
     The same graph as :func:`augment`, fed by an external source. Same seed, same output.
@@ -284,6 +327,7 @@ def apply_policy(policy: Policy, images: np.ndarray | Sequence[np.ndarray], seed
             operator index, sign, magnitude and applied flag per image and layer.
         batch_size: images per DALI batch.
         num_threads: DALI CPU threads.
+        interpolation: geometric operators' interpolation, ``"linear"`` or ``"nearest"``.
 
     Returns:
         The augmented images (an ``(N, H, W, 3)`` array when all outputs have one shape,
@@ -302,28 +346,8 @@ def apply_policy(policy: Policy, images: np.ndarray | Sequence[np.ndarray], seed
     """
     from nvidia.dali import pipeline_def
 
-    if device not in ("cpu", "gpu"):
-        raise ValueError(f"apply_policy: device must be 'cpu' or 'gpu', got {device!r}")
-    if isinstance(images, np.ndarray) and images.ndim != 4:
-        raise ValueError(f"apply_policy: images must be (N, H, W, 3) uint8, got an array of "
-                         f"shape {images.shape}")
-    items = list(images)
-    if not items:
-        raise ValueError("apply_policy: no images given")
-    for i, im in enumerate(items):
-        im = np.asarray(im)
-        if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
-            raise ValueError(f"apply_policy: image {i} must be uint8 (H, W, 3) RGB, got "
-                             f"dtype {im.dtype} shape {im.shape}")
-    if not isinstance(policy, Policy):
-        raise TypeError(f"apply_policy: policy must be a dra_dali.Policy, got "
-                        f"{type(policy).__name__}")
-    if device == "gpu":
-        from nvidia.dali.backend import GetCUDADeviceCount
-
-        if GetCUDADeviceCount() == 0:
-            raise RuntimeError("apply_policy(device='gpu') needs a CUDA GPU and this machine has "
-                               "none visible; use device='cpu' (the same graph on the CPU)")
+    _check_target(policy, device)
+    items = _checked_images(images)
     batch = max(1, min(batch_size, len(items)))
 
     @pipeline_def(enable_conditionals=True, batch_size=batch, num_threads=num_threads,
@@ -333,27 +357,15 @@ def apply_policy(policy: Policy, images: np.ndarray | Sequence[np.ndarray], seed
         if device == "gpu":
             data = data.gpu()
         if trace:
-            out, t = augment(data, policy, trace=True)
+            out, t = augment(data, policy, trace=True, interpolation=interpolation)
             return (out, *t.outputs())
-        return augment(data, policy)
+        return augment(data, policy, interpolation=interpolation)
 
     pipe = _pipe()
     pipe.build()
-    results: list[np.ndarray] = []
-    columns: list[list[np.ndarray]] = [[], [], [], []]
-    for start in range(0, len(items), batch):
-        chunk = [np.ascontiguousarray(im) for im in items[start:start + batch]]
-        pipe.feed_input("images", chunk)
-        outputs = pipe.run()
-        if device == "gpu":
-            outputs = [o.as_cpu() for o in outputs]
-        results.extend(np.array(o) for o in outputs[0])
-        if trace:
-            for f in range(4):
-                columns[f].append(np.stack([np.array(x) for x in outputs[1 + f]]))
+    results, columns = _run_batches(pipe, items, batch, trace)
     del pipe
-    shapes = {r.shape for r in results}
-    out = np.stack(results) if len(shapes) == 1 else results
+    out = np.stack(results) if len({r.shape for r in results}) == 1 else results
     if not trace:
         return out
     op, sign, magnitude, applied = (np.concatenate(c) for c in columns)
