@@ -171,7 +171,7 @@ class PilRandAugment:
     def __getitem__(self, index: int):
         import torch
 
-        from dra_dali.ops import OP_NAMES, OPS
+        from dra_dali.ops import OPS, PAPER_OPS
         from tests.pil_reference import apply_reference
 
         rng = np.random.default_rng(index)
@@ -182,7 +182,7 @@ class PilRandAugment:
             im = im.transpose(Image.FLIP_LEFT_RIGHT)
         x = np.asarray(im, dtype=np.uint8)
         for _ in range(self.n):
-            name = OP_NAMES[int(rng.integers(len(OP_NAMES)))]
+            name = PAPER_OPS[int(rng.integers(len(PAPER_OPS)))]
             sign = -1 if OPS[name].signed and rng.random() < 0.5 else 1
             x = apply_reference(name, x, self.m, sign, resolution=224, rng=rng)
         t = torch.from_numpy(x.transpose(2, 0, 1).astype(np.float32))

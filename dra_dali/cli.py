@@ -37,7 +37,7 @@ def show(policy: Path, plot: Path | None) -> None:
 
     loaded = _load_policy(policy)
     click.echo(f"{policy}: {loaded.depth} layers, {len(loaded.ops)} operators, resolution "
-               f"{loaded.resolution}, scale {loaded.scale}")
+               f"{loaded.resolution}, scale {loaded.scale}, fill {loaded.fill}")
     if loaded.provenance:
         click.echo("provenance: " + ", ".join(f"{k}={v}" for k, v in loaded.provenance.items()))
     click.echo(policy_table(loaded))
@@ -70,6 +70,9 @@ def preset(name: str, output: Path) -> None:
 @click.option("--recipe", default=None,
               help="Search recipe: a YAML file or a shipped name (demo, imagenet-resnet50, "
                    "cifar10-wrn28-10); flags override its values.")
+@click.option("--method", default=None,
+              help="Search method: dra, ddas, ... (overrides the recipe's `method:`; default "
+                   "dra). Method options: --set ddas.policies_per_step=2.")
 @click.option("--model", default=None, help="Model name (overrides the recipe).")
 @click.option("--epochs", type=int, default=None, help="Epochs (overrides the recipe).")
 @click.option("--batch-size", type=int, default=None, help="Batch size (overrides the recipe).")
@@ -79,13 +82,19 @@ def preset(name: str, output: Path) -> None:
               help="Override any recipe key, e.g. --set images_per_class=20 --set "
                    "sampling=batch --set ops='[Rotate, Invert]'. Repeatable.")
 @click.option("--resume", is_flag=True, help="Continue the search whose checkpoint is in --out.")
-def search(data: Path, val_data: Path | None, out: Path, recipe: str | None, model: str | None,
-           epochs: int | None, batch_size: int | None, seed: int | None, device: str | None,
-           settings: tuple[str, ...], resume: bool) -> None:
-    """Search a Differentiable RandAugment policy on a proxy task; writes OUT/policy.yaml."""
-    from dra_dali.data import DataError
-    from dra_dali.search import ConfigError, RunDirError, SearchConfig, run_search
-    from dra_dali.search.searcher import SearchTerminated
+@click.option("--force", is_flag=True, help="Start over in an --out that holds a search (or, "
+                                            "with --resume, continue a finished one).")
+@click.option("--allow-change", "allowed", multiple=True, metavar="KEY",
+              help="With --resume: accept a new value of this recipe key (recorded in "
+                   "overrides.jsonl). Repeatable.")
+def search(data: Path, val_data: Path | None, out: Path, recipe: str | None, method: str | None,
+           model: str | None, epochs: int | None, batch_size: int | None, seed: int | None,
+           device: str | None, settings: tuple[str, ...], resume: bool, force: bool,
+           allowed: tuple[str, ...]) -> None:
+    """Search an augmentation policy (DRA, DDAS, ...) on a proxy task; writes OUT/policy.yaml."""
+    from dra_dali.errors import DraDaliError
+    from dra_dali.runtime import Stopped
+    from dra_dali.search import SearchConfig, run_search
 
     sets: dict = {}
     for item in settings:
@@ -93,19 +102,20 @@ def search(data: Path, val_data: Path | None, out: Path, recipe: str | None, mod
         if not sep:
             raise click.ClickException(f"--set {item!r}: expected KEY=VALUE")
         sets[key.strip()] = value.strip()
-    overrides = dict(data=str(data), val_data=str(val_data) if val_data else None, model=model,
+    overrides = dict(data=str(data), val_data=str(val_data) if val_data else None,
+                     method=method, model=model,
                      epochs=epochs, batch_size=batch_size, seed=seed, device=device)
     try:
         config = SearchConfig.from_recipe(recipe, overrides, sets)
-        policy = run_search(config, out, resume=resume, recipe=str(recipe) if recipe else None)
-    except (ConfigError, DataError, RunDirError) as exc:
+        policy = run_search(config, out, resume=resume, force=force, overrides=allowed,
+                            recipe=str(recipe) if recipe else None)
+    except DraDaliError as exc:
         raise click.ClickException(str(exc)) from None
-    except KeyboardInterrupt as exc:
+    except (Stopped, KeyboardInterrupt) as exc:
         click.echo(f"\ninterrupted; the last completed epoch is saved in {out}/checkpoint.pt — "
                    f"continue with the same command and --resume", err=True)
         # 128 + signal number, as a shell reports it (and as `train` does): 143 SIGTERM, 130 Ctrl-C
-        terminated = isinstance(exc, SearchTerminated)
-        raise SystemExit(128 + (signal.SIGTERM if terminated else signal.SIGINT)) from None
+        raise SystemExit(getattr(exc, "exit_code", 128 + signal.SIGINT)) from None
     click.echo(f"policy written to {out / 'policy.yaml'} "
                f"({policy.provenance.get('search_seconds')} s); plots in {out}")
 

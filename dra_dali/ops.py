@@ -32,6 +32,7 @@ __all__ = [
     "OpSpec",
     "OPS",
     "OP_NAMES",
+    "PAPER_OPS",
     "FILL_VALUE",
     "translate_range_px",
     "parameter",
@@ -80,7 +81,8 @@ class OpSpec:
         name: operator name as used in policy files.
         kind: ``"geometric"`` (moves pixels) or ``"color"`` (changes values in place).
         signed: the parameter's deviation from ``identity`` flips sign with probability 0.5.
-        magnitude_free: the operator ignores the magnitude (Equalize, AutoContrast, Invert).
+        magnitude_free: the operator ignores the magnitude (Equalize, AutoContrast, Invert,
+            Identity).
         identity: parameter value at ``m = 0``.
         slope: parameter change per unit of magnitude. For translations it is per pixel of
             ``translate_range_px`` and is multiplied by that range (see :meth:`slope_at`).
@@ -127,17 +129,21 @@ def _free(name: str, input_gradient: bool) -> OpSpec:
 
 
 _INF = math.inf
-_ROWS = (
+_PAPER_ROWS = (
     _row("ShearX", "geometric", True, 0.0, 0.3, -1.0, 1.0, "shear factor"),
     _row("ShearY", "geometric", True, 0.0, 0.3, -1.0, 1.0, "shear factor"),
     # slope 1 x translate_range_px(resolution); bounds are +-resolution (see OpSpec.bounds_at).
     _row("TranslateX", "geometric", True, 0.0, 1.0, -_INF, _INF, "pixels"),
     _row("TranslateY", "geometric", True, 0.0, 1.0, -_INF, _INF, "pixels"),
     _row("Rotate", "geometric", True, 0.0, 30.0, -180.0, 180.0, "degrees"),
-    _row("Brightness", "color", True, 1.0, 0.9, 0.0, _INF, "blend factor"),
-    _row("Color", "color", True, 1.0, 0.9, 0.0, _INF, "blend factor"),
-    _row("Sharpness", "color", True, 1.0, 0.9, 0.0, _INF, "blend factor"),
-    _row("Contrast", "color", True, 1.0, 0.9, 0.0, _INF, "blend factor"),
+    # Blend factors are not clamped at 0: past m = 1 with sign -1 they go negative (extrapolation
+    # away from the degenerate image) and the backends clip the image, as the DRA authors' code
+    # does (their enhance ops take any factor); clamping at 0 changed about half of the
+    # Color/Sharpness/Contrast draws of dra-imagenet-resnet-200 (scale 3).
+    _row("Brightness", "color", True, 1.0, 0.9, -_INF, _INF, "blend factor"),
+    _row("Color", "color", True, 1.0, 0.9, -_INF, _INF, "blend factor"),
+    _row("Sharpness", "color", True, 1.0, 0.9, -_INF, _INF, "blend factor"),
+    _row("Contrast", "color", True, 1.0, 0.9, -_INF, _INF, "blend factor"),
     _row("Cutout", "color", False, 0.0, 0.2, 0.0, 1.0, "fraction of height"),
     _row("Solarize", "color", False, 256.0, -256.0, 0.0, 256.0, "threshold",
          input_gradient=False),
@@ -148,11 +154,18 @@ _ROWS = (
     _free("Invert", input_gradient=True),
     _row("SolarizeAdd", "color", False, 0.0, 110.0, 0.0, 255.0, "addition"),
 )
+# Operators beyond the paper's 16 (Identity: the no-op of TrivialAugment, Faster AA and DDAS).
+_EXTRA_ROWS = (
+    _free("Identity", input_gradient=True),
+)
 
-#: The catalog, keyed by operator name, in the paper's order.
-OPS: dict[str, OpSpec] = {row.name: row for row in _ROWS}
-#: Operator names in the paper's order (the default order of policy files).
+#: The catalog, keyed by operator name: the paper's operators in the paper's order, then the rest.
+OPS: dict[str, OpSpec] = {row.name: row for row in _PAPER_ROWS + _EXTRA_ROWS}
+#: Every catalog operator (the paper's 16, then Identity).
 OP_NAMES: tuple[str, ...] = tuple(OPS)
+#: The DRA paper's 16 operators in the paper's order: the default operator list of searches and
+#: of the presets (a new catalog operator changes neither).
+PAPER_OPS: tuple[str, ...] = tuple(row.name for row in _PAPER_ROWS)
 
 
 def _spec(name: str) -> OpSpec:

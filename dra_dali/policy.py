@@ -25,12 +25,22 @@ import numpy as np
 import yaml
 
 from dra_dali.errors import DraDaliError
-from dra_dali.ops import OP_NAMES, OPS
+from dra_dali.ops import OP_NAMES, OPS, PAPER_OPS
+from dra_dali.safe_yaml import load_yaml
 
 __all__ = ["Layer", "Policy", "PolicyError", "PolicySample", "FORMAT", "preset_names"]
 
 FORMAT = "dra-policy/1"
-_TOP_KEYS = {"format", "ops", "resolution", "scale", "apply_prob", "layers", "provenance"}
+_TOP_KEYS = {"format", "ops", "resolution", "scale", "apply_prob", "fill", "layers", "provenance"}
+#: Fill of geometric operators when a file has no ``fill`` key (the historical behaviour).
+DEFAULT_FILL = 128
+# Bounds that keep every number far from float32 overflow in the compiled graph and the graph
+# itself small; the published policies use scale <= 3, |logit| < 10, mean and std < 2, 2-3 layers.
+MAX_SCALE = 10.0
+MAX_LOGIT = 1e9          # -1e9 is the customary "never" (probability 0 in float64)
+MAX_MAGNITUDE = 100.0    # |mean| and std, in units of the paper's range
+MAX_LAYERS = 32
+MAX_RESOLUTION = 16384
 _LAYER_KEYS = {"logits", "mean", "std", "dist"}
 _DISTS = ("normal", "uniform")
 
@@ -48,13 +58,21 @@ def _number(value: Any, where: str) -> float:
     return value
 
 
-def _numbers(values: Any, where: str, length: int) -> tuple[float, ...]:
+def _bounded(value: Any, where: str, low: float, high: float) -> float:
+    value = _number(value, where)
+    if not low <= value <= high:
+        raise PolicyError(f"{where}: must lie in [{low:g}, {high:g}], got {value:g}")
+    return value
+
+
+def _numbers(values: Any, where: str, length: int, low: float, high: float) -> tuple[float, ...]:
     if not isinstance(values, (list, tuple, np.ndarray)):
-        raise PolicyError(f"{where}: expected a list of {length} numbers, got {type(values).__name__}")
+        raise PolicyError(f"{where}: expected a list of {length} numbers, "
+                          f"got {type(values).__name__}")
     if len(values) != length:
         raise PolicyError(
             f"{where}: expected {length} numbers (one per entry of 'ops'), got {len(values)}")
-    return tuple(_number(v, f"{where}[{i}]") for i, v in enumerate(values))
+    return tuple(_bounded(v, f"{where}[{i}]", low, high) for i, v in enumerate(values))
 
 
 @dataclass(frozen=True)
@@ -109,6 +127,8 @@ class Policy:
         apply_prob: ``(lo, hi)``: each layer applies its operator with probability
             ``p ~ U(lo, hi)`` drawn per image.
         provenance: free-form record of where the policy came from.
+        fill: grey level (0-255, all channels) of the pixels that geometric operators bring in
+            from outside the image: 0 as the DRA authors, 128 as TF-models RandAugment and DALI.
 
     Raises:
         PolicyError: on any invalid field, naming it.
@@ -120,13 +140,15 @@ class Policy:
     scale: float = 1.0
     apply_prob: tuple[float, float] = (0.2, 0.8)
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    fill: int = DEFAULT_FILL
 
     def __post_init__(self) -> None:
         # Validation runs through from_dict so programmatic and file policies share one path.
         checked = _validate({"ops": list(self.ops), "layers": list(self.layers),
                              "resolution": self.resolution, "scale": self.scale,
-                             "apply_prob": list(self.apply_prob), "provenance": self.provenance})
-        for name in ("ops", "layers", "resolution", "scale", "apply_prob", "provenance"):
+                             "apply_prob": list(self.apply_prob), "fill": self.fill,
+                             "provenance": self.provenance})
+        for name in ("ops", "layers", "resolution", "scale", "apply_prob", "fill", "provenance"):
             object.__setattr__(self, name, getattr(checked, name))
 
     # ----- derived views -------------------------------------------------------------------
@@ -159,6 +181,7 @@ class Policy:
             "resolution": self.resolution,
             "scale": self.scale,
             "apply_prob": list(self.apply_prob),
+            "fill": self.fill,
             "layers": [
                 {"logits": list(l.logits), "mean": list(l.mean), "std": list(l.std)}
                 | ({"dist": l.dist} if l.dist != "normal" else {})
@@ -198,19 +221,12 @@ class Policy:
         """Read and validate a policy file.
 
         Raises:
-            PolicyError: if the file is missing, is not YAML, uses YAML tags, or is invalid;
-                the message starts with the path.
+            PolicyError: if the file is missing, is not YAML text, uses YAML tags, crosses the
+                size, alias or depth bounds of :func:`dra_dali.safe_yaml.load_yaml`, or is
+                invalid; the message names the file.
         """
         path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise PolicyError(f"{path}: cannot read the policy file ({exc.strerror})") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise PolicyError(f"{path}: not a valid policy YAML file "
-                              f"(only plain YAML, no tags such as !!python/object): {exc}") from None
+        data = load_yaml(path, what="policy file", error=PolicyError)
         try:
             return _validate(data)
         except PolicyError as exc:
@@ -220,8 +236,10 @@ class Policy:
     def preset(cls, name: str) -> "Policy":
         """A ready policy by name; see :func:`preset_names` and the README.
 
-        Names: ``ra-n{N}-m{M}[-mstd{S}]`` (RandAugment), timm strings ``rand-m9-n2-mstd0.5``,
+        Names: ``ra-n{N}-m{M}[-mstd{S}]`` (RandAugment), ``rastar-n{N}-m{M}`` (the DRA paper's
+        RA* baseline: apply p ~ U(0.2, 0.8) per layer), timm strings ``rand-m9-n2-mstd0.5``,
         ``ta`` (TrivialAugment) and ``dra-<dataset>-<model>`` (the paper's searched policies).
+        The RA, RA*, TA and timm presets fill 128 (TF-models, DALI); the paper's policies fill 0.
 
         Raises:
             PolicyError: for an unknown or malformed name, listing what exists.
@@ -298,11 +316,13 @@ def _validate(data: Any) -> Policy:
 
     resolution = data.get("resolution", 224)
     if isinstance(resolution, bool) or not isinstance(resolution, numbers.Integral) \
-            or resolution <= 0:
-        raise PolicyError(f"resolution: expected a positive integer (pixels), got {resolution!r}")
+            or not 0 < resolution <= MAX_RESOLUTION:
+        raise PolicyError(f"resolution: expected a positive integer (pixels) up to "
+                          f"{MAX_RESOLUTION}, got {resolution!r}")
     scale = _number(data.get("scale", 1.0), "scale")
-    if scale <= 0:
-        raise PolicyError(f"scale: must be > 0, got {scale}")
+    if not 0 < scale <= MAX_SCALE:
+        raise PolicyError(f"scale: must be > 0 and <= {MAX_SCALE:g} (1 = the paper's range, "
+                          f"3 = its extended range), got {scale:g}")
 
     apply_prob = data.get("apply_prob", [0.2, 0.8])
     if not isinstance(apply_prob, (list, tuple)) or len(apply_prob) != 2:
@@ -316,6 +336,8 @@ def _validate(data: Any) -> Policy:
     raw_layers = data.get("layers")
     if not isinstance(raw_layers, (list, tuple)) or not raw_layers:
         raise PolicyError("layers: expected a non-empty list of layers")
+    if len(raw_layers) > MAX_LAYERS:
+        raise PolicyError(f"layers: at most {MAX_LAYERS} layers, got {len(raw_layers)}")
     layers = []
     for j, raw in enumerate(raw_layers):
         where = f"layers[{j}]"
@@ -333,20 +355,21 @@ def _validate(data: Any) -> Policy:
         for key in ("logits", "mean", "std"):
             if key not in raw:
                 raise PolicyError(f"{where}.{key}: missing")
-        logits = _numbers(raw["logits"], f"{where}.logits", n)
-        mean = _numbers(raw["mean"], f"{where}.mean", n)
-        std = _numbers(raw["std"], f"{where}.std", n)
-        for i, s in enumerate(std):
-            if s < 0:
-                raise PolicyError(f"{where}.std[{i}]: must be >= 0, got {s}")
+        logits = _numbers(raw["logits"], f"{where}.logits", n, -MAX_LOGIT, MAX_LOGIT)
+        mean = _numbers(raw["mean"], f"{where}.mean", n, -MAX_MAGNITUDE, MAX_MAGNITUDE)
+        std = _numbers(raw["std"], f"{where}.std", n, 0.0, MAX_MAGNITUDE)
         layers.append(Layer(logits=logits, mean=mean, std=std, dist=dist))
+
+    fill = data.get("fill", DEFAULT_FILL)
+    if isinstance(fill, bool) or not isinstance(fill, numbers.Integral) or not 0 <= fill <= 255:
+        raise PolicyError(f"fill: expected an integer grey level in [0, 255], got {fill!r}")
 
     provenance = data.get("provenance", {}) or {}
     if not isinstance(provenance, Mapping):
         raise PolicyError(f"provenance: expected a mapping, got {type(provenance).__name__}")
     policy = object.__new__(Policy)
     for name, value in (("ops", tuple(ops)), ("layers", tuple(layers)), ("resolution", int(resolution)),
-                        ("scale", scale), ("apply_prob", (lo, hi)),
+                        ("scale", scale), ("apply_prob", (lo, hi)), ("fill", int(fill)),
                         ("provenance", dict(provenance))):
         object.__setattr__(policy, name, value)
     return policy
@@ -376,8 +399,14 @@ _FlowListDumper.add_representer(list, _represent_list)
 
 
 # ----- presets ------------------------------------------------------------------------------
-# timm's RandAugment op set: the catalog without Cutout (timm applies cutout/erasing separately).
-_TIMM_OPS = tuple(name for name in OP_NAMES if name != "Cutout")
+# Presets pin their operator lists: a new catalog operator changes no preset and no preset hash.
+# PAPER_OPS is the DRA paper's 16 (RandAugment's 14, Cutout, SolarizeAdd), never the catalog.
+# timm's RandAugment op set: the paper's 16 without Cutout (timm applies erasing separately).
+_TIMM_OPS = tuple(name for name in PAPER_OPS if name != "Cutout")
+#: Fill of the RandAugment / TrivialAugment / timm presets: TF-models RandAugment and DALI use 128.
+_RA_FILL = 128
+#: Fill of the paper's searched policies: the DRA authors fill 0 in search and retraining.
+_PAPER_FILL = 0
 
 
 def _paper_policies() -> dict[str, Any]:
@@ -388,7 +417,8 @@ def _paper_policies() -> dict[str, Any]:
 def preset_names() -> list[str]:
     """Names accepted by :meth:`Policy.preset` (patterns shown for the parametrised families)."""
     paper = [f"dra-{key}" for key in _paper_policies()["policies"]]
-    return ["ra-n{N}-m{M}[-mstd{S}]", "rand-m{M}-n{N}[-mstd{S}][-mmax{X}][-p{P}]", "ta"] + paper
+    return ["ra-n{N}-m{M}[-mstd{S}]", "rastar-n{N}-m{M}",
+            "rand-m{M}-n{N}[-mstd{S}][-mmax{X}][-p{P}]", "ta"] + paper
 
 
 def _uniform_layers(depth: int, n_ops: int, mean: float, std: float,
@@ -397,19 +427,22 @@ def _uniform_layers(depth: int, n_ops: int, mean: float, std: float,
     return tuple(Layer(zeros, (mean,) * n_ops, (std,) * n_ops, dist) for _ in range(depth))
 
 
-def _randaugment(n: int, m: float, mstd: float, scale: float, p: float, ops: Sequence[str],
-                 name: str) -> Policy:
+def _randaugment(n: int, m: float, mstd: float, scale: float, p: tuple[float, float],
+                 ops: Sequence[str], name: str) -> Policy:
     if n < 1:
         raise PolicyError(f"preset {name!r}: the number of layers N must be >= 1, got {n}")
     if mstd > 100:  # timm: mstd > 100 means uniform magnitude in [0, m]; uniform over [0, scale]
         layers = _uniform_layers(n, len(ops), 0.0, 0.0, "uniform")
     else:
         layers = _uniform_layers(n, len(ops), m / 10.0, mstd / 10.0)
-    return Policy(tuple(ops), layers, scale=scale, apply_prob=(p, p),
+    return Policy(tuple(ops), layers, scale=scale, apply_prob=p, fill=_RA_FILL,
                   provenance={"method": "preset", "preset": name})
 
 
 _RA = re.compile(r"^ra-n(\d+)-m(\d+(?:\.\d+)?)(?:-mstd(\d+(?:\.\d+)?))?$")
+_RASTAR = re.compile(r"^rastar-n(\d+)-m(\d+(?:\.\d+)?)$")
+#: RA*, the DRA paper's RandAugment baseline: each layer applies its operator with p ~ U(0.2, 0.8).
+_RASTAR_APPLY_PROB = (0.2, 0.8)
 
 
 def _preset(name: str) -> Policy:
@@ -417,30 +450,40 @@ def _preset(name: str) -> Policy:
         raise PolicyError(f"preset name must be a string, got {name!r}")
     if name == "ta":
         # TrivialAugment: one layer, uniform choice, magnitude uniform over the whole range.
-        return Policy(OP_NAMES, _uniform_layers(1, len(OP_NAMES), 0.0, 0.0, "uniform"),
-                      apply_prob=(1.0, 1.0), provenance={"method": "preset", "preset": "ta"})
+        return Policy(PAPER_OPS, _uniform_layers(1, len(PAPER_OPS), 0.0, 0.0, "uniform"),
+                      apply_prob=(1.0, 1.0), fill=_RA_FILL,
+                      provenance={"method": "preset", "preset": "ta"})
     match = _RA.match(name)
     if match:
         n, m, mstd = int(match[1]), float(match[2]), float(match[3] or 0.0)
-        return _randaugment(n, m, mstd, max(1.0, m / 10.0), 1.0, OP_NAMES, name)
+        return _randaugment(n, m, mstd, max(1.0, m / 10.0), (1.0, 1.0), PAPER_OPS, name)
+    match = _RASTAR.match(name)
+    if match:
+        n, m = int(match[1]), float(match[2])
+        return _randaugment(n, m, 0.0, max(1.0, m / 10.0), _RASTAR_APPLY_PROB, PAPER_OPS, name)
     if name.startswith("rand-"):
         return _timm_preset(name)
     if name.startswith("dra-"):
-        data = _paper_policies()
-        key = name[len("dra-"):]
-        if key not in data["policies"]:
-            raise PolicyError(f"unknown preset {name!r}; the paper's policies are: "
-                              + ", ".join(f"dra-{k}" for k in data["policies"]))
-        entry = data["policies"][key]
-        layers = tuple(Layer(tuple(w), tuple(mu), tuple(sd))
-                       for w, mu, sd in zip(entry["W"], entry["MEAN"], entry["STD"]))
-        return Policy(tuple(data["ops"]), layers, resolution=int(entry["resolution"]),
-                      scale=float(entry["scale"]), apply_prob=tuple(data["apply_prob_range"]),
-                      provenance={"method": "dra", "preset": name,
-                                  "source": "Xiao et al., Differentiable RandAugment, IEEE TIP "
-                                            "2023 (authors' released policy)",
-                                  "dataset_model": key})
+        return _paper_preset(name)
     raise PolicyError(f"unknown preset {name!r}; known: {', '.join(preset_names())}")
+
+
+def _paper_preset(name: str) -> Policy:
+    data = _paper_policies()
+    key = name[len("dra-"):]
+    if key not in data["policies"]:
+        raise PolicyError(f"unknown preset {name!r}; the paper's policies are: "
+                          + ", ".join(f"dra-{k}" for k in data["policies"]))
+    entry = data["policies"][key]
+    layers = tuple(Layer(tuple(w), tuple(mu), tuple(sd))
+                   for w, mu, sd in zip(entry["W"], entry["MEAN"], entry["STD"]))
+    return Policy(tuple(data["ops"]), layers, resolution=int(entry["resolution"]),
+                  scale=float(entry["scale"]), apply_prob=tuple(data["apply_prob_range"]),
+                  fill=_PAPER_FILL,
+                  provenance={"method": "dra", "preset": name,
+                              "source": "Xiao et al., Differentiable RandAugment, IEEE TIP "
+                                        "2023 (authors' released policy)",
+                              "dataset_model": key})
 
 
 def _timm_preset(name: str) -> Policy:
@@ -465,4 +508,5 @@ def _timm_preset(name: str) -> Policy:
     if not 0 <= values["p"] <= 1:
         raise PolicyError(f"preset {name!r}: p must lie in [0, 1], got {values['p']}")
     return _randaugment(int(values["n"]), values["m"], values["mstd"],
-                        max(values["mmax"], 1e-6) / 10.0, values["p"], _TIMM_OPS, name)
+                        max(values["mmax"], 1e-6) / 10.0, (values["p"], values["p"]), _TIMM_OPS,
+                        name)

@@ -105,6 +105,7 @@ def plot_policy(policy: Policy, path: str | Path, title: str | None = None) -> P
     ax_m.set_title("magnitude distribution")
     name = title or str(policy.provenance.get("preset") or policy.provenance.get("method") or "policy")
     fig.suptitle(f"{name}  ({policy.depth} layers, {n_ops} operators, resolution "
-                 f"{policy.resolution}, apply p ~ U{tuple(policy.apply_prob)})")
+                 f"{policy.resolution}, apply p ~ U{tuple(policy.apply_prob)}, "
+                 f"fill {policy.fill})")
     fig.tight_layout()
     return save_figure(fig, path)

@@ -85,6 +85,8 @@ def apply_reference(name: str, img: np.ndarray, magnitude: float, sign: int = 1,
         out = ImageOps.autocontrast(pil)
     elif name == "Invert":
         out = ImageOps.invert(pil)
+    elif name == "Identity":
+        return img.copy()
     elif name == "SolarizeAdd":
         wide = img.astype(np.int32)
         return np.where(img < 128, np.minimum(wide + int(v), 255), wide).astype(np.uint8)

@@ -37,7 +37,7 @@ from tests.pil_reference import apply_reference
 MAGNITUDES = (0.0, 0.123, 0.37, 0.5, 1.0, 1.9, 3.0)
 SIGNS = (1, -1)
 EXACT = {"TranslateX", "TranslateY", "Brightness", "Color", "Contrast", "Sharpness", "Cutout",
-         "Solarize", "Posterize", "AutoContrast", "Invert", "SolarizeAdd"}
+         "Solarize", "Posterize", "AutoContrast", "Invert", "SolarizeAdd", "Identity"}
 GEOMETRIC = {"ShearX", "ShearY", "Rotate", "TranslateX", "TranslateY"}
 EQUALIZE_MAE, EQUALIZE_MAX = 11.0, 25
 TORCH_EQUALIZE_MAE = 13.0                  # the torch operator is PIL's table on float images
@@ -161,6 +161,19 @@ def test_dali_matches_pil_reference(sweep, name):
                     assert np.all(np.diff(result[..., ch].ravel()[order].astype(int)) >= 0)
 
 
+@pytest.mark.parametrize("name", ["Brightness", "Color", "Sharpness", "Contrast"])
+def test_blend_extrapolates_below_zero(photos, name):
+    """m = 3, sign -1: factor 1 - 2.7 < 0 (issue 9 item 7), PIL's enhance at that factor, bit
+    exact, and not the factor-0 (degenerate) image a clamp at 0 would give."""
+    from PIL import Image, ImageEnhance
+
+    photo = photos[0]
+    out = _run_op(name, [photo], [3.0], [-1.0], 224)[0]
+    enhancer = getattr(ImageEnhance, name)(Image.fromarray(photo))
+    np.testing.assert_array_equal(out, np.asarray(enhancer.enhance(1 - 2.7)))
+    assert not np.array_equal(out, np.asarray(enhancer.enhance(0.0))) or name == "Brightness"
+
+
 def test_geometric_sweep_is_not_trivial(sweep):
     """The sweep moves pixels: at m = 1 every geometric operator changes most of the image."""
     for name in GEOMETRIC:
@@ -210,7 +223,7 @@ TORCH_TOLERANCE = {name: (0.5, 1.0) for name in ("ShearX", "ShearY", "TranslateX
 TORCH_TOLERANCE.update({name: (1.5, 3.0) for name in ("Brightness", "Color", "Sharpness",
                                                       "Contrast", "AutoContrast", "SolarizeAdd")})
 TORCH_TOLERANCE.update({name: (1e-3, 1e-3) for name in ("Solarize", "Posterize", "Invert",
-                                                        "Cutout")})
+                                                        "Cutout", "Identity")})
 TORCH_TOLERANCE["Equalize"] = (TORCH_EQUALIZE_MAE, EQUALIZE_MAX)   # DALI's OpenCV table, see top
 
 

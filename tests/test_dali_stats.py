@@ -15,12 +15,12 @@ import pytest
 from scipy import stats
 
 from dra_dali.dali import apply_policy
-from dra_dali.ops import OP_NAMES, OPS
+from dra_dali.ops import PAPER_OPS, OPS
 from dra_dali.policy import Layer, Policy
 
 N_IMAGES = 4000
 ALPHA = 1e-3
-ROTATE = OP_NAMES.index("Rotate")
+ROTATE = PAPER_OPS.index("Rotate")
 
 _LOGITS = ([2.0, 1.0, 0.5, 0.0, -1e9, 1.5, -0.5, 0.3, 0.0, 1.0, -1.0, 0.8, 0.2, -0.3, 0.6, 0.1],
            [0.0, 0.5, -1.0, 1.0, -100.0, 0.2, 0.7, -0.4, 1.2, 0.0, 0.3, -0.2, 0.9, 0.4, -0.6, 0.0])
@@ -30,7 +30,7 @@ _STD = [0.3, 0.2, 0.0, 0.2, 0.1, 0.5, 0.0, 0.1, 0.4, 0.6, 0.2, 0.25, 0.1, 0.1, 0
 
 @pytest.fixture(scope="module")
 def skewed() -> Policy:
-    return Policy(OP_NAMES, (Layer(_LOGITS[0], _MEAN, _STD),
+    return Policy(PAPER_OPS, (Layer(_LOGITS[0], _MEAN, _STD),
                              Layer(_LOGITS[1], _MEAN, _STD, dist="uniform")),
                   scale=2.0, apply_prob=(0.2, 0.8))
 
@@ -55,11 +55,11 @@ def test_operator_frequencies_chi_square(drawn, skewed):
     for j in range(skewed.depth):
         p = skewed.layers[j].probabilities
         active = p > 1e-12
-        counts = np.bincount(trace.op[:, j], minlength=len(OP_NAMES))
+        counts = np.bincount(trace.op[:, j], minlength=len(PAPER_OPS))
         assert counts[ROTATE] == 0 and not active[ROTATE], "zero-probability operator drawn"
         fit = stats.chisquare(counts[active], N_IMAGES * p[active] / p[active].sum())
         assert fit.pvalue > ALPHA, f"layer {j}: p = {fit.pvalue:.2e}"
-        ref_counts = np.bincount(ref.op[:, j], minlength=len(OP_NAMES))[active]
+        ref_counts = np.bincount(ref.op[:, j], minlength=len(PAPER_OPS))[active]
         table = stats.chi2_contingency(np.stack([counts[active], ref_counts]))
         assert table.pvalue > ALPHA, f"layer {j} vs Policy.sample: p = {table.pvalue:.2e}"
         # power: the same counts clearly reject a uniform choice
@@ -93,7 +93,7 @@ def test_normal_magnitudes_ks_and_clipped_mass(drawn, skewed):
     trace, ref = drawn
     scale = skewed.scale
     checked = 0
-    for i, name in enumerate(OP_NAMES):
+    for i, name in enumerate(PAPER_OPS):
         ours = trace.magnitude[trace.op[:, 0] == i, 0]
         theirs = ref.magnitude[ref.op[:, 0] == i, 0]
         if len(ours) < 100:
@@ -125,7 +125,7 @@ def test_normal_magnitudes_ks_and_clipped_mass(drawn, skewed):
 
 def test_uniform_layer_magnitudes(drawn, skewed):
     trace, _ = drawn
-    free = np.array([OPS[n].magnitude_free for n in OP_NAMES])[trace.op[:, 1]]
+    free = np.array([OPS[n].magnitude_free for n in PAPER_OPS])[trace.op[:, 1]]
     assert np.all(trace.magnitude[free, 1] == 0.0)
     values = trace.magnitude[~free, 1]
     ks = stats.kstest(values, stats.uniform(0, skewed.scale).cdf)
@@ -135,7 +135,7 @@ def test_uniform_layer_magnitudes(drawn, skewed):
 
 def test_sign_balance(drawn):
     trace, _ = drawn
-    signed = np.array([OPS[n].signed for n in OP_NAMES])[trace.op]
+    signed = np.array([OPS[n].signed for n in PAPER_OPS])[trace.op]
     assert set(np.unique(trace.sign)) <= {-1, 1}
     assert np.all(trace.sign[~signed] == 1)
     negatives = int((trace.sign[signed] == -1).sum())
@@ -203,12 +203,12 @@ def test_apply_policy_rejects_bad_input():
 @pytest.mark.parametrize("apply_prob", [(0.0, 0.0), (0.5, 0.5), (1.0, 1.0)])
 def test_single_operator_and_fixed_apply_probabilities(apply_prob):
     """Edge cases: one operator left (the others at logit -1e9) and fixed apply probabilities."""
-    logits = tuple(0.0 if name == "Invert" else -1e9 for name in OP_NAMES)
-    zeros = (0.0,) * len(OP_NAMES)
-    policy = Policy(OP_NAMES, (Layer(logits, zeros, zeros),), apply_prob=apply_prob)
+    logits = tuple(0.0 if name == "Invert" else -1e9 for name in PAPER_OPS)
+    zeros = (0.0,) * len(PAPER_OPS)
+    policy = Policy(PAPER_OPS, (Layer(logits, zeros, zeros),), apply_prob=apply_prob)
     images = np.random.default_rng(3).integers(0, 256, (400, 4, 4, 3), dtype=np.uint8)
     out, trace = apply_policy(policy, images, seed=2, trace=True)
-    assert np.all(trace.op == OP_NAMES.index("Invert"))
+    assert np.all(trace.op == PAPER_OPS.index("Invert"))
     assert np.all(trace.sign == 1) and np.all(trace.magnitude == 0.0)
     expected = np.where(trace.applied[:, 0, None, None, None], 255 - images, images)
     np.testing.assert_array_equal(out, expected)

@@ -5,7 +5,14 @@ import math
 import numpy as np
 import pytest
 
-from dra_dali.ops import OP_NAMES, OPS, parameter, parameter_array, translate_range_px
+from dra_dali.ops import (
+    OP_NAMES,
+    OPS,
+    PAPER_OPS,
+    parameter,
+    parameter_array,
+    translate_range_px,
+)
 from tests.pil_reference import REFERENCE_OPS
 
 PAPER_ORDER = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
@@ -30,14 +37,16 @@ EXPECTED = {
     "AutoContrast": {0: 0.0, 0.5: 0.0, 1: 0.0, 3: 0.0},
     "Invert": {0: 0.0, 0.5: 0.0, 1: 0.0, 3: 0.0},
     "SolarizeAdd": {0: 0.0, 0.5: 55.0, 1: 110.0, 3: 255.0},
+    "Identity": {0: 0.0, 0.5: 0.0, 1: 0.0, 3: 0.0},
 }
 SIGNED = {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
           "Sharpness", "Contrast"}
-MAGNITUDE_FREE = {"Equalize", "AutoContrast", "Invert"}
+MAGNITUDE_FREE = {"Equalize", "AutoContrast", "Invert", "Identity"}
 
 
 def test_catalog_names_and_order():
-    assert OP_NAMES == PAPER_ORDER
+    assert PAPER_OPS == PAPER_ORDER
+    assert OP_NAMES == PAPER_ORDER + ("Identity",)
     assert set(OPS) == set(EXPECTED) == REFERENCE_OPS
 
 
@@ -66,11 +75,18 @@ def test_signed_operators_mirror_about_identity(name):
 
 
 def test_extended_scale_clamps_at_valid_bounds():
-    assert parameter("Brightness", 3.0, sign=-1) == 0.0  # 1 - 2.7 < 0: no negative factors
     assert parameter("Rotate", 10.0, sign=-1) == -180.0
     assert parameter("TranslateX", 3.0, sign=-1, resolution=32) == -30.0
     assert parameter("TranslateX", 5.0, resolution=32) == 32.0
     assert parameter("Solarize", 2.0) == 0.0
+
+
+@pytest.mark.parametrize("name", ["Brightness", "Color", "Sharpness", "Contrast"])
+def test_blend_factors_extrapolate_below_zero(name):
+    """Issue 9 item 7: as in the DRA authors' code, no clamp at 0 (the image is clipped)."""
+    assert parameter(name, 3.0, sign=-1) == pytest.approx(1 - 2.7)
+    assert parameter(name, 1.5, sign=-1) == pytest.approx(1 - 1.35)
+    assert OPS[name].lower == -math.inf
 
 
 def test_unsigned_operators_ignore_sign():

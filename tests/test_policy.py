@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from dra_dali import Policy, PolicyError
-from dra_dali.ops import OP_NAMES, OPS
+from dra_dali.ops import OP_NAMES, OPS, PAPER_OPS
 from dra_dali.policy import Layer
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "dra_paper_policies.json"
@@ -82,7 +82,15 @@ INVALID = [
     (("ops",), [], "ops: expected a non-empty list"),
     (("layers", 0, "logits"), [0.0] * 15, r"layers\[0\].logits: expected 16 numbers"),
     (("layers", 1, "mean"), [0.5] * 17, r"layers\[1\].mean: expected 16 numbers"),
-    (("layers", 1, "std", 3), -0.1, r"layers\[1\].std\[3\]: must be >= 0"),
+    (("layers", 1, "std", 3), -0.1, r"layers\[1\].std\[3\]: must lie in \[0, 100\], got -0.1"),
+    (("layers", 0, "std", 2), 1e300, r"layers\[0\].std\[2\]: must lie in \[0, 100\]"),
+    (("layers", 1, "mean", 0), -1e300, r"layers\[1\].mean\[0\]: must lie in \[-100, 100\]"),
+    (("layers", 0, "logits", 5), 1e10, r"layers\[0\].logits\[5\]: must lie in \[-1e\+09, 1e\+09\]"),
+    (("layers",), [{"logits": [0] * 16, "mean": [0] * 16, "std": [0] * 16}] * 33,
+     "layers: at most 32 layers, got 33"),
+    (("scale",), float("inf"), "scale: must be finite"),
+    (("scale",), 11.0, "scale: must be > 0 and <= 10"),
+    (("resolution",), 10**6, "resolution: expected a positive integer .* up to 16384"),
     (("layers", 0, "mean", 2), float("nan"), r"layers\[0\].mean\[2\]: must be finite"),
     (("layers", 0, "logits", 0), float("inf"), r"layers\[0\].logits\[0\]: must be finite"),
     (("layers", 0, "std", 0), "0.1", r"layers\[0\].std\[0\]: expected a number, got str"),
@@ -103,6 +111,10 @@ INVALID = [
     (("format",), "dra-policy/2", "format: expected 'dra-policy/1'"),
     (("magnitude",), 9, r"unknown field\(s\) \['magnitude'\]"),
     (("provenance",), [1, 2], "provenance: expected a mapping"),
+    (("fill",), 256, r"fill: expected an integer grey level in \[0, 255\], got 256"),
+    (("fill",), -1, r"fill: expected an integer grey level in \[0, 255\], got -1"),
+    (("fill",), 12.5, r"fill: expected an integer grey level"),
+    (("fill",), True, r"fill: expected an integer grey level"),
 ]
 
 
@@ -124,7 +136,58 @@ def test_invalid_files_name_path_and_field(tmp_path, path, value, message):
 def test_yaml_tags_are_refused(tmp_path):
     file = tmp_path / "evil.yaml"
     file.write_text("format: dra-policy/1\nops: !!python/object/apply:os.system ['echo pwned']\n")
-    with pytest.raises(PolicyError, match="no tags"):
+    with pytest.raises(PolicyError, match="tags such as !!python/object are not allowed"):
+        Policy.load(file)
+
+
+def _alias_bomb() -> str:
+    """The 'billion laughs' policy: 9 levels of 9 aliases in provenance (9**9 strings)."""
+    lines = [Policy.preset("ra-n1-m9").to_yaml().split("provenance:")[0] + "provenance:",
+             "  a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for previous, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"  {name}: &{name} [" + ", ".join([f"*{previous}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("content,message", [
+    (_alias_bomb(), r"more than 1000000 values once its aliases .* are expanded"),
+    ("a: " + "[" * 100 + "]" * 100, "nested deeper than 64 levels"),
+    ("a: &x [1, *x]", r"alias \*x refers to an anchor that is not complete"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", r"binary data, not a YAML text file"),
+    (b"ops: [\xff\xfe]", r"not UTF-8 text \(undecodable byte at offset 6\)"),
+    ("ops: [ShearX\nlayers: 3", r"not valid YAML at line 2, column \d+: expected ','"),
+])
+def test_hostile_files_fail_fast_with_one_line(tmp_path, content, message):
+    import time
+
+    file = tmp_path / "hostile.yaml"
+    file.write_bytes(content if isinstance(content, bytes) else content.encode())
+    start = time.perf_counter()
+    with pytest.raises(PolicyError, match=message) as info:
+        Policy.load(file)
+    assert time.perf_counter() - start < 0.5
+    assert str(file) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_alias_bomb_is_refused_before_expansion():
+    """Plain yaml.safe_load accepts the bomb (it would only blow up when walked)."""
+    assert len(_alias_bomb()) < 1500
+    assert yaml.safe_load(_alias_bomb())["provenance"]["i"][0][0][0][0][0][0][0][0] == ["lol"] * 9
+
+
+def test_harmless_aliases_still_load(tmp_path):
+    data = Policy.preset("ra-n2-m9").to_yaml().replace(
+        "provenance:", "provenance:\n  a: &a [1, 2]\n  b: *a", 1)
+    file = tmp_path / "aliases.yaml"
+    file.write_text(data)
+    assert Policy.load(file).provenance["b"] == [1, 2]
+
+
+def test_oversized_file_is_refused_before_reading(tmp_path):
+    file = tmp_path / "huge.yaml"
+    with open(file, "wb") as handle:
+        handle.truncate(9 * 1024 * 1024)
+    with pytest.raises(PolicyError, match=r"too large \(9437184 bytes; the limit is 8388608\)"):
         Policy.load(file)
 
 
@@ -147,7 +210,7 @@ def test_policy_is_frozen_and_validated_on_construction():
 # ----- presets ---------------------------------------------------------------------------------
 def test_randaugment_preset():
     policy = Policy.preset("ra-n2-m9")
-    assert policy.ops == OP_NAMES and policy.depth == 2
+    assert policy.ops == PAPER_OPS and policy.depth == 2
     assert np.allclose(policy.probabilities, 1 / 16)
     assert np.allclose(policy.mean, 0.9) and np.allclose(policy.std, 0.0)
     assert policy.apply_prob == (1.0, 1.0) and policy.scale == 1.0
@@ -196,6 +259,61 @@ def test_unknown_preset_lists_the_known_ones():
         Policy.preset("autoaugment")
 
 
+#: The 16 operators every RA/RA*/TA preset and paper policy uses (the paper's order).
+PAPER_16 = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
+            "Sharpness", "Contrast", "Cutout", "Solarize", "Posterize", "Equalize", "AutoContrast",
+            "Invert", "SolarizeAdd")
+#: Pinned preset hashes: a catalog change (a new operator such as Identity) must change none.
+PINNED_SHA256 = {
+    "ra-n2-m9": "6ee0b632788c2dd1b9fd01c218c2c31edca8e18cd9cbb3878ab86af2d2068f37",
+    "rastar-n2-m10": "0ce74062cd2573617d0420abb762ebcc91cfe65102f2232bea0403801711b0ee",
+    "ta": "b05473e03dc1159dda45b90d82e363c5986841a5cca1653a8566521c2a94ef62",
+    "rand-m9-n2-mstd0.5": "22738e608b4ddea2248b46e65ed8d86dd01b21d94f23134f202f4faa33462c63",
+    "dra-imagenet-resnet-50": "1b24b264cff56425050d00d9ae1f238fe0d360186c3f07324df57bf67d9cc899",
+    "dra-cifar10-wrn-28-10": "284c91bb37cdee252475738a6bc88dcb54c50f1dbbfded7faed15eb519894abf",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_SHA256))
+def test_presets_pin_their_operators_and_hashes(name):
+    policy = Policy.preset(name)
+    expected_ops = PAPER_16 if not name.startswith("rand-") else tuple(
+        op for op in PAPER_16 if op != "Cutout")
+    assert policy.ops == expected_ops
+    assert policy.sha256() == PINNED_SHA256[name]
+
+
+def test_preset_fill_values():
+    for key in json.loads(PACKAGED.read_text())["policies"]:
+        assert Policy.preset(f"dra-{key}").fill == 0, key          # the authors fill 0
+    for name in ("ra-n2-m9", "rastar-n2-m10", "ta", "rand-m9-n2-mstd0.5"):
+        assert Policy.preset(name).fill == 128, name               # TF-models RA and DALI: 128
+
+
+def test_rastar_preset_is_the_papers_ra_baseline():
+    policy = Policy.preset("rastar-n2-m10")
+    assert policy.ops == PAPER_16 and policy.depth == 2
+    assert np.allclose(policy.probabilities, 1 / 16)
+    assert np.allclose(policy.mean, 1.0) and np.allclose(policy.std, 0.0)
+    assert policy.apply_prob == (0.2, 0.8) and policy.scale == 1.0
+    assert Policy.preset("rastar-n3-m15").scale == 1.5
+    assert "rastar-n{N}-m{M}" in " ".join(__import__("dra_dali.policy").policy.preset_names())
+    with pytest.raises(PolicyError, match="N must be >= 1"):
+        Policy.preset("rastar-n0-m10")
+
+
+def test_fill_is_optional_in_v1_files_and_part_of_the_hash(tmp_path):
+    data = Policy.preset("ra-n2-m9").to_dict()
+    assert data["fill"] == 128
+    del data["fill"]
+    file = tmp_path / "old.yaml"
+    file.write_text(yaml.safe_dump(data))
+    assert Policy.load(file).fill == 128                           # absent: the historical 128
+    zero = Policy.from_dict({**data, "fill": 0})
+    assert zero.fill == 0 and zero.sha256() != Policy.load(file).sha256()
+    assert Policy.load(zero.save(tmp_path / "zero.yaml")) == zero
+
+
 def test_sha256_ignores_provenance():
     policy = Policy.preset("ra-n2-m9")
     assert policy.sha256() == policy.with_provenance(note="x").sha256()
@@ -217,7 +335,7 @@ def _skewed() -> Policy:
     std[5] = 0.0         # Brightness: deterministic magnitude
     mean[6], std[6] = 0.05, 0.3   # Color: mass clipped at 0
     layer = Layer(tuple(logits), tuple(mean), tuple(std))
-    return Policy(OP_NAMES, (layer, layer), apply_prob=(0.2, 0.8))
+    return Policy(PAPER_OPS, (layer, layer), apply_prob=(0.2, 0.8))
 
 
 def test_sampler_operator_frequencies_chi_square():
@@ -252,13 +370,13 @@ def test_sampler_magnitudes_ks_with_clipped_mass():
         assert np.mean(sample == 1.0) == pytest.approx(stats.norm.sf(1, mean, std), abs=0.02)
     assert np.all(mag[op == 5] == 0.5)                    # std 0: exactly the mean
     for free in ("Equalize", "AutoContrast", "Invert"):
-        assert np.all(mag[op == OP_NAMES.index(free)] == 0.0)
+        assert np.all(mag[op == PAPER_OPS.index(free)] == 0.0)
 
 
 def test_sampler_signs_and_applied_fraction():
     policy = _skewed()
     draws = policy.sample(N, seed=3)
-    signed = np.array([OPS[name].signed for name in OP_NAMES])
+    signed = np.array([OPS[name].signed for name in PAPER_OPS])
     sign = draws.sign.ravel()
     mask = signed[draws.op.ravel()]
     assert set(np.unique(sign[~mask])) == {1}
@@ -273,7 +391,7 @@ def test_sampler_uniform_layers_and_determinism():
     ta = Policy.preset("ta")
     first, second = ta.sample(20_000, seed=5), ta.sample(20_000, seed=5)
     assert np.array_equal(first.magnitude, second.magnitude)
-    free = np.isin(first.op[:, 0], [OP_NAMES.index(n) for n in ("Equalize", "AutoContrast", "Invert")])
+    free = np.isin(first.op[:, 0], [PAPER_OPS.index(n) for n in ("Equalize", "AutoContrast", "Invert")])
     _, p = stats.kstest(first.magnitude[~free, 0], stats.uniform(0, 1).cdf)
     assert p > 1e-3
     assert not np.array_equal(first.op, ta.sample(20_000, seed=6).op)

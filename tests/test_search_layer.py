@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dra_dali.ops import OP_NAMES
+from dra_dali.ops import PAPER_OPS
 from dra_dali.policy import Policy
 from dra_dali.search.layer import DRAPolicy
 from dra_dali.search.ops import apply_op
@@ -120,8 +120,8 @@ def test_gumbel_draws_follow_the_logits():
 
 
 def test_invalid_layer_arguments():
-    with pytest.raises(ValueError, match="Identity"):
-        DRAPolicy(ops=("Rotate", "Identity"))
+    with pytest.raises(ValueError, match="Blur"):
+        DRAPolicy(ops=("Rotate", "Blur"))
     with pytest.raises(ValueError, match="sampling"):
         DRAPolicy(sampling="op")
     with pytest.raises(ValueError, match="depth"):
@@ -132,5 +132,5 @@ def test_to_policy_round_trip(tmp_path):
     policy = DRAPolicy(depth=3, resolution=32, scale=3.0).to_policy({"method": "dra"})
     path = policy.save(tmp_path / "p.yaml")
     loaded = Policy.load(path)
-    assert loaded.ops == OP_NAMES and loaded.depth == 3 and loaded.scale == 3.0
+    assert loaded.ops == PAPER_OPS and loaded.depth == 3 and loaded.scale == 3.0
     assert loaded.sha256() == policy.sha256()

@@ -31,6 +31,7 @@ TOLERANCE = {  # measured worst cases (mean error, fraction > 2) in brackets
     "AutoContrast": (0.6, 0.0),                               # (0.49, 0): PIL truncates
     "Cutout": (0.0, 0.0), "Solarize": (0.0, 0.0), "Posterize": (0.0, 0.0),
     "Equalize": (0.0, 0.0), "Invert": (0.0, 0.0), "SolarizeAdd": (0.0, 0.0),
+    "Identity": (0.0, 0.0),
 }
 
 
@@ -109,8 +110,9 @@ def test_input_gradient_or_straight_through(name, batch):
     assert x.grad is not None and torch.isfinite(x.grad).all()
     if OPS[name].input_gradient:
         assert x.grad.abs().sum() > 0
-        # Cutout (mask) and SolarizeAdd (shift) have an identity Jacobian on most pixels.
-        if name not in ("Cutout", "SolarizeAdd"):
+        # Cutout (mask) and SolarizeAdd (shift) have an identity Jacobian on most pixels,
+        # Identity everywhere.
+        if name not in ("Cutout", "SolarizeAdd", "Identity"):
             assert not torch.allclose(x.grad, weights), f"{name} acts like straight-through"
     else:
         torch.testing.assert_close(x.grad, weights)  # identity Jacobian (straight-through)
@@ -125,8 +127,8 @@ def test_forced_straight_through_passes_gradient_unchanged(batch):
 
 
 def test_bad_arguments_are_named(batch):
-    with pytest.raises(KeyError, match="Identity"):
-        apply_op("Identity", batch, torch.zeros(3))
+    with pytest.raises(KeyError, match="Blur"):
+        apply_op("Blur", batch, torch.zeros(3))
     with pytest.raises(ValueError, match="Rotate: expected 3 magnitudes"):
         apply_op("Rotate", batch, torch.zeros(2))
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):

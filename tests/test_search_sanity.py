@@ -31,7 +31,7 @@ def test_rotated_policy_half_raises_rotate(embedded, tmp_path):
         return apply_op("Rotate", x, torch.ones(n), torch.ones(n), cfg.resolution)
 
     policy = run_search(cfg, tmp_path / "run", progress=False,
-                        policy_half_transform=rotate_30)
+                        val_transform=rotate_30)
     i = policy.ops.index("Rotate")
     uniform = 1.0 / len(policy.ops)
     figures = [(float(layer.probabilities[i]), layer.mean[i]) for layer in policy.layers]

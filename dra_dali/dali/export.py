@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from dra_dali.dali.compiler import NEGLIGIBLE_PROBABILITY
+from dra_dali.dali.draws import NEGLIGIBLE_PROBABILITY
 from dra_dali.dali.pipelines import (
     OUTPUT_NAMES,
     PipelineRecipe,

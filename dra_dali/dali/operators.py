@@ -342,6 +342,12 @@ def solarize_add(images: DataNode, magnitude: Scalar, sign: Scalar | None = None
     return images + low * dmath.min(add, _U8_MAX - images)
 
 
+def identity(images: DataNode, magnitude: Scalar = 0.0, sign: Scalar | None = None, *,
+             resolution: int = 224) -> DataNode:
+    """Identity: the images unchanged."""
+    return images
+
+
 #: Operator name -> DALI graph function, in the catalog's order. The functions contain no
 #: data-dependent ``if``, so they are exempt from DALI's AutoGraph rewriting (``do_not_convert``):
 #: converting them again for every conditional branch made a policy take seconds to define.
@@ -362,6 +368,7 @@ DALI_OPS: dict[str, OperatorFn] = {
     "AutoContrast": auto_contrast,
     "Invert": invert,
     "SolarizeAdd": solarize_add,
+    "Identity": identity,
 }
 DALI_OPS = {name: do_not_convert(op) for name, op in DALI_OPS.items()}
 parameter_node = do_not_convert(parameter_node)

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import numpy as np
-import yaml
 
 from dra_dali.data import DataError, ImageList, scan_images
 from dra_dali.errors import DraDaliError
@@ -42,6 +41,7 @@ from dra_dali.ops import translate_range_px
 from dra_dali.policy import Policy
 from dra_dali.recipes import find_recipe, recipe_dirs
 from dra_dali.recipes import recipe_names as shipped_recipe_names
+from dra_dali.safe_yaml import load_yaml
 
 __all__ = [
     "PipelineRecipe",
@@ -213,12 +213,7 @@ def load_recipe(recipe: "str | Path | PipelineRecipe | Mapping[str, Any]") -> Pi
         raise RecipeError(f"no pipeline recipe {str(recipe)!r}: not a file, and not one of the "
                           f"shipped recipes: {', '.join(recipe_names()) or 'none'} "
                           f"(searched {searched})")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise RecipeError(f"{path}: cannot read the recipe ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    data = load_yaml(path, what="pipeline recipe", error=RecipeError)
     if isinstance(data, Mapping) and "name" not in data:
         data = {**data, "name": path.stem}
     return PipelineRecipe.from_dict(data, source=str(path))

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from dra_dali.errors import DraDaliError
-from dra_dali.ops import OP_NAMES, OPS
+from dra_dali.ops import OP_NAMES, OPS, PAPER_OPS
 from dra_dali.recipes import find_recipe, recipe_names
+from dra_dali.safe_yaml import load_yaml
 
 __all__ = ["SearchConfig", "ConfigError"]
 
@@ -35,6 +34,9 @@ class SearchConfig:
     """Everything a search needs; the field names are the recipe keys.
 
     Attributes:
+        method: search method (:data:`dra_dali.search.methods.METHODS`: ``dra``, ``ddas``, ...).
+        method_options: the method's own keys; a recipe gives them under the method's name
+            (``ddas: {policies_per_step: 3}``), validated by the method.
         data: image folder or file list the proxy set is sampled from.
         val_data: optional image folder / list for the policy-update half (same classes).
         model: model registry name (:func:`dra_dali.models.create_model`).
@@ -46,22 +48,37 @@ class SearchConfig:
         resolution: training resolution of the search (and of the policy).
         decode_size: side of the square the proxy images are decoded to before crop
             (``null``: ``resolution`` for ``crop: pad``, ``8/7 * resolution`` otherwise).
-        crop: ``rrc`` (random-resized crop), ``pad`` (pad-and-crop, CIFAR) or ``center``.
+        crop: ``rrc`` (random-resized crop), ``pad`` (pad-and-crop, CIFAR), ``center`` (the
+            stored square resized to ``8/7 * resolution``, the central ``resolution`` square
+            kept: ImageNet's resize 256, centre crop 224) or ``none`` (the stored square resized
+            to ``resolution``).
         crop_scale: area range of the random-resized crop.
         pad: padding in pixels for ``crop: pad``.
         flip: random horizontal flip (before the policy).
+        policy_crop: the policy half's crop: ``same`` (``crop`` and ``flip``, like the model
+            half), or ``center`` / ``none`` as for ``crop``, without flip (the DRA authors:
+            ``none`` on CIFAR, ``center`` on ImageNet).
         cutout: side in pixels of a Cutout applied after the policy on the model step (0: off).
+        cutout_policy_step: apply that Cutout to the policy step's augmented batch too (the DRA
+            authors' CIFAR search: Cutout sits inside the model, in both steps).
+        model_args: keyword arguments of the model constructor (``{dropout: 0.3}`` for
+            ``wrn-*``, as the DRA authors' CIFAR search).
+        fill: grey level 0-255 of the pixels the geometric operators bring in from outside the
+            image (the DRA authors fill 0); written into the searched policy.
         normalize: per-channel mean and std the model sees after augmentation.
         depth: augmentation layers.
         ops: candidate operators (catalog names).
         scale: magnitudes are clipped to ``[0, scale]``.
         apply_prob: per-layer apply probability range.
         temperature: Gumbel-softmax temperature.
-        sampling: ``image`` (operator per image, default) or ``batch`` (authors' choice).
+        sampling: ``image`` (operator, magnitude, sign and apply coin drawn per image, as the
+            DRA authors do; default) or ``batch`` (one operator per batch and layer).
         init_logit, init_mean, init_std: initial policy parameters.
         learn_w, learn_mean, learn_std, op_gradient, kl_weight: ablation switches
             (``kl_weight: 0`` turns the KL term off).
-        epochs, batch_size: passes over the model half and batch size of both steps.
+        epochs, batch_size: passes over the model half and its batch size.
+        val_batch_size: batch size of the second half (DRA's policy half, DDAS's validation
+            half; ``null``: ``batch_size``).
         lr, lr_batch: model SGD learning rate ``lr * batch_size / lr_batch`` (cosine decay).
         momentum, nesterov, weight_decay, grad_clip: model optimiser.
         policy_lr, policy_betas, policy_weight_decay: the policy's AdamW.
@@ -70,6 +87,8 @@ class SearchConfig:
         threads: torch CPU threads (``null``: torch's default).
     """
 
+    method: str = "dra"
+    method_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     data: str | None = None
     val_data: str | None = None
     model: str = "resnet-tiny"
@@ -81,11 +100,15 @@ class SearchConfig:
     crop_scale: tuple[float, float] = (0.05, 1.0)
     pad: int = 4
     flip: bool = True
+    policy_crop: str = "same"
     cutout: int = 0
+    cutout_policy_step: bool = False
+    model_args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    fill: int = 0
     normalize: tuple[tuple[float, float, float], tuple[float, float, float]] = (
         (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     depth: int = 2
-    ops: tuple[str, ...] = OP_NAMES
+    ops: tuple[str, ...] = PAPER_OPS
     scale: float = 1.0
     apply_prob: tuple[float, float] = (0.2, 0.8)
     temperature: float = 0.5
@@ -100,6 +123,7 @@ class SearchConfig:
     kl_weight: float = 1.0
     epochs: int = 20
     batch_size: int = 32
+    val_batch_size: int | None = None
     lr: float = 0.1
     lr_batch: int = 256
     momentum: float = 0.9
@@ -129,8 +153,13 @@ class SearchConfig:
     # ----- construction -----------------------------------------------------------------------
     @classmethod
     def keys(cls) -> list[str]:
-        """The recipe keys."""
-        return [f.name for f in dataclasses.fields(cls)]
+        """The top-level recipe keys (a method's own keys sit under its name)."""
+        return [f.name for f in dataclasses.fields(cls) if f.name != "method_options"]
+
+    @property
+    def options(self) -> Any:
+        """The method's parsed ``Options`` (see :mod:`dra_dali.search.methods.base`)."""
+        return self.__dict__["_options"]
 
     @classmethod
     def from_recipe(cls, recipe: str | Path | None = None,
@@ -161,12 +190,7 @@ class SearchConfig:
                                   f"the shipped recipes: {', '.join(recipe_names('search'))}")
             recipe = found
             where = str(recipe)
-            try:
-                loaded = yaml.safe_load(Path(recipe).read_text())
-            except OSError as exc:
-                raise ConfigError(f"{recipe}: cannot read the recipe ({exc.strerror})") from None
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"{recipe}: not valid YAML: {exc}") from None
+            loaded = load_yaml(Path(recipe), what="search recipe", error=ConfigError)
             if loaded is None:
                 loaded = {}
             if not isinstance(loaded, dict):
@@ -177,10 +201,17 @@ class SearchConfig:
         extra = {k: v for k, v in (overrides or {}).items() if v is not None}
         _refuse_unknown(extra, "overrides")
         values.update(extra)
-        parsed = {k: (yaml.safe_load(v) if isinstance(v, str) else v)
-                  for k, v in (settings or {}).items()}
-        _refuse_unknown(parsed, "--set")
-        values.update(parsed)
+        for key, value in (settings or {}).items():
+            if isinstance(value, str):
+                value = load_yaml(value, what=str(key), error=ConfigError)
+            section, dot, option = str(key).partition(".")
+            if dot:  # a method option: --set ddas.lr=0.02
+                _refuse_unknown({section: None}, "--set")
+                nested = values.get(section)
+                values[section] = {**(nested if isinstance(nested, dict) else {}), option: value}
+            else:
+                _refuse_unknown({key: value}, "--set")
+                values[key] = value
         return cls.from_dict(values, where)
 
     @classmethod
@@ -191,10 +222,22 @@ class SearchConfig:
             ConfigError: unknown keys or invalid values, naming the key.
         """
         _refuse_unknown(values, where)
-        converted = {}
+        method = str(values.get("method", cls.method))
+        sections = {k: v for k, v in values.items() if k in _method_names()}
+        for name in sections:
+            if name != method:
+                raise ConfigError(f"{where}: {name}: options of method {name!r}, but method is "
+                                  f"{method!r}")
+        options = sections.get(method) or {}
+        if not isinstance(options, Mapping):
+            raise ConfigError(f"{where}: {method}: must be a mapping of the method's options, "
+                              f"got {options!r}")
+        converted: dict[str, Any] = {"method_options": dict(options)}
         for f in dataclasses.fields(cls):
-            if f.name in values:
-                converted[f.name] = _convert(f.name, values[f.name], f.default, where)
+            if f.name in values and f.name != "method_options":
+                default = f.default if f.default_factory is dataclasses.MISSING \
+                    else f.default_factory()
+                converted[f.name] = _convert(f.name, values[f.name], default, where)
         cfg = cls(**converted)
         cfg._check(where)
         return cfg
@@ -202,8 +245,13 @@ class SearchConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain values (tuples as lists), as written to ``config.yaml``."""
         def plain(v: Any) -> Any:
+            if isinstance(v, Mapping):
+                return {k: plain(i) for k, i in v.items()}
             return [plain(i) for i in v] if isinstance(v, (tuple, list)) else v
-        return {k: plain(v) for k, v in dataclasses.asdict(self).items()}
+        values = {k: plain(getattr(self, k)) for k in self.keys()}
+        if self.method_options:
+            values[self.method] = plain(self.method_options)
+        return values
 
     def replace(self, **changes: Any) -> "SearchConfig":
         """A validated copy with some fields changed."""
@@ -216,14 +264,19 @@ class SearchConfig:
         for key in ("resolution", "depth", "epochs", "batch_size", "lr_batch"):
             if getattr(self, key) < 1:
                 raise bad(key, "must be >= 1")
-        for key in ("proxy_classes", "images_per_class", "decode_size", "threads"):
+        for key in ("proxy_classes", "images_per_class", "decode_size", "threads",
+                    "val_batch_size"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise bad(key, "must be >= 1 or null")
         if self.images_per_class is not None and self.images_per_class < 2:
             raise bad("images_per_class", "needs >= 2 (one image for each half)")
-        if self.crop not in ("rrc", "pad", "center"):
-            raise bad("crop", "must be one of rrc, pad, center")
+        if self.crop not in ("rrc", "pad", "center", "none"):
+            raise bad("crop", "must be one of rrc, pad, center, none")
+        if self.policy_crop not in ("same", "center", "none"):
+            raise bad("policy_crop", "must be one of same, center, none")
+        if not 0 <= self.fill <= 255:
+            raise bad("fill", "must be a grey level in [0, 255]")
         if self.sampling not in ("image", "batch"):
             raise bad("sampling", "must be 'image' (per image) or 'batch' (per batch)")
         lo, hi = self.crop_scale
@@ -253,10 +306,26 @@ class SearchConfig:
             raise bad("normalize", "must be [[mean r, g, b], [std r, g, b]] with std > 0")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise bad("device", "must be 'cpu', 'cuda' or 'cuda:N'")
+        self._parse_options(where)
+
+    def _parse_options(self, where: str) -> None:
+        from dra_dali.search.methods import OptionsError, get_method
+
+        try:
+            options = get_method(self.method).parse_options(self.method_options, self)
+        except OptionsError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        self.__dict__["_options"] = options
+
+
+def _method_names() -> list[str]:
+    from dra_dali.search.methods import METHODS
+
+    return list(METHODS)
 
 
 def _refuse_unknown(values: Mapping[str, Any], where: str) -> None:
-    known = set(SearchConfig.keys())
+    known = set(SearchConfig.keys()) | set(_method_names())
     unknown = sorted(str(k) for k in values if k not in known)
     if unknown:
         raise ConfigError(f"{where}: unknown recipe key(s) {unknown}; known keys: "
@@ -268,6 +337,12 @@ def _convert(key: str, value: Any, default: Any, where: str) -> Any:
     if value is None:
         return None
     try:
+        if isinstance(default, dict):
+            if isinstance(value, str):
+                value = load_yaml(value, what=key, error=ConfigError)
+            if not isinstance(value, Mapping):
+                raise ValueError(value)
+            return {str(k): v for k, v in value.items()}
         if isinstance(default, bool):
             if isinstance(value, str):
                 if value.lower() in ("true", "yes", "1", "on"):
@@ -280,7 +355,7 @@ def _convert(key: str, value: Any, default: Any, where: str) -> Any:
             return value
         if isinstance(default, tuple):
             if isinstance(value, str):
-                value = yaml.safe_load(value)
+                value = load_yaml(value, what=key, error=ConfigError)
             if not isinstance(value, (list, tuple)):
                 raise ValueError(value)
             if default and isinstance(default[0], tuple):
@@ -291,7 +366,7 @@ def _convert(key: str, value: Any, default: Any, where: str) -> Any:
         if isinstance(default, float):
             return float(value)
         if isinstance(default, int) or key in ("proxy_classes", "images_per_class",
-                                               "decode_size", "threads"):
+                                               "decode_size", "threads", "val_batch_size"):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
             return int(value)

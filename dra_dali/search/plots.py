@@ -1,4 +1,5 @@
-"""Plots of a search: operator probability and magnitude trajectories (the paper's Fig. 2)."""
+"""Plots of a search: DRA's probability and magnitude trajectories (the paper's Fig. 2), DDAS's
+p_o and p_tp over the epochs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from dra_dali.viz import save_figure
 
-__all__ = ["plot_trajectories"]
+__all__ = ["plot_ddas", "plot_trajectories"]
 
 
 def plot_trajectories(history: Sequence[dict[str, Any]], ops: Sequence[str],
@@ -53,5 +54,55 @@ def plot_trajectories(history: Sequence[dict[str, Any]], ops: Sequence[str],
         ax.set_xlabel("epoch")
     axes[0, 1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     fig.suptitle("DRA search trajectories (dotted: uniform probability)")
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=100)
+
+
+def plot_ddas(history: Sequence[dict[str, Any]], labels: Sequence[str],
+              path: str | Path, top: int = 12) -> Path:
+    """Save DDAS's parameters over the epochs: ``p_o`` of the ``top`` candidates with the highest
+    final probability (the rest summed as "others") and the gate ``p_tp``.
+
+    Args:
+        history: per-epoch records with ``epoch``, ``p_o`` and ``p_tp`` (``metrics.jsonl``).
+        labels: candidate names (``Rotate:0.4``, ``Invert``).
+        path: output image.
+        top: candidates drawn individually.
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> plot_ddas([{"epoch": 0, "p_o": [0.5, 0.5], "p_tp": 0.35}], ["Rotate:1", "Invert"],
+        ...           "/tmp/ddas.png").name
+        'ddas.png'
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = np.array([h["epoch"] for h in history])
+    p_o = np.array([h["p_o"] for h in history])            # (epochs, candidates)
+    order = np.argsort(-p_o[-1])[:top]
+    fig, (ax_o, ax_tp) = plt.subplots(1, 2, figsize=(13, 4.2),
+                                      gridspec_kw={"width_ratios": [2.2, 1]})
+    cmap = plt.get_cmap("tab20")
+    for rank, i in enumerate(order):
+        ax_o.plot(epochs, p_o[:, i], "-" if rank < 10 else "--", color=cmap(rank % 20),
+                  label=labels[i])
+    rest = np.delete(p_o, order, axis=1).sum(axis=1) if p_o.shape[1] > len(order) else None
+    if rest is not None:
+        ax_o.plot(epochs, rest, ":", color="black", label=f"others ({p_o.shape[1] - len(order)})")
+    ax_o.axhline(1.0 / p_o.shape[1], color="grey", lw=0.8, ls=":")
+    ax_o.set_xlabel("epoch")
+    ax_o.set_ylabel("operation probability p_o")
+    ax_o.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    ax_tp.plot(epochs, [h["p_tp"] for h in history], "o-", color="tab:red")
+    ax_tp.set_ylim(0, 1)
+    ax_tp.set_xlabel("epoch")
+    ax_tp.set_ylabel("total probability p_tp")
+    fig.suptitle(f"DDAS search: top {len(order)} of {p_o.shape[1]} candidates "
+                 "(dotted grey: uniform)")
     fig.tight_layout()
     return save_figure(fig, path, dpi=100)
