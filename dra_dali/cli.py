@@ -29,18 +29,18 @@ def main() -> None:
 @main.command()
 @click.argument("policy", type=_EXISTING_FILE)
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also save a picture of the policy (PNG/PDF/SVG): probability heat map and "
-                   "magnitude mean ± std per operator and layer.")
+              help="Also save a picture of the policy (PNG/PDF/SVG): operator and apply "
+                   "probabilities, magnitude distributions; for a schedule, over the epochs.")
 def show(policy: Path, plot: Path | None) -> None:
-    """Print a policy file as a table per layer (operator probability, magnitude mean and std)."""
-    from dra_dali.viz import plot_policy, policy_table
+    """Print a policy file: per layer (sub-policy, schedule entry) the operator probability,
+    apply probability and magnitude distribution."""
+    from dra_dali.viz import describe, plot_policy
 
     loaded = _load_policy(policy)
-    click.echo(f"{policy}: {loaded.depth} layers, {len(loaded.ops)} operators, resolution "
-               f"{loaded.resolution}, scale {loaded.scale}, fill {loaded.fill}")
+    click.echo(f"{policy}: {loaded.format}")
     if loaded.provenance:
         click.echo("provenance: " + ", ".join(f"{k}={v}" for k, v in loaded.provenance.items()))
-    click.echo(policy_table(loaded))
+    click.echo(describe(loaded))
     if plot is not None:
         click.echo(f"plot written to {plot_policy(loaded, plot)}")
 
