@@ -48,18 +48,31 @@ class SearchConfig:
         resolution: training resolution of the search (and of the policy).
         decode_size: side of the square the proxy images are decoded to before crop
             (``null``: ``resolution`` for ``crop: pad``, ``8/7 * resolution`` otherwise).
-        crop: ``rrc`` (random-resized crop), ``pad`` (pad-and-crop, CIFAR) or ``center``.
+        crop: ``rrc`` (random-resized crop), ``pad`` (pad-and-crop, CIFAR), ``center`` (the
+            stored square resized to ``8/7 * resolution``, the central ``resolution`` square
+            kept: ImageNet's resize 256, centre crop 224) or ``none`` (the stored square resized
+            to ``resolution``).
         crop_scale: area range of the random-resized crop.
         pad: padding in pixels for ``crop: pad``.
         flip: random horizontal flip (before the policy).
+        policy_crop: the policy half's crop: ``same`` (``crop`` and ``flip``, like the model
+            half), or ``center`` / ``none`` as for ``crop``, without flip (the DRA authors:
+            ``none`` on CIFAR, ``center`` on ImageNet).
         cutout: side in pixels of a Cutout applied after the policy on the model step (0: off).
+        cutout_policy_step: apply that Cutout to the policy step's augmented batch too (the DRA
+            authors' CIFAR search: Cutout sits inside the model, in both steps).
+        model_args: keyword arguments of the model constructor (``{dropout: 0.3}`` for
+            ``wrn-*``, as the DRA authors' CIFAR search).
+        fill: grey level 0-255 of the pixels the geometric operators bring in from outside the
+            image (the DRA authors fill 0); written into the searched policy.
         normalize: per-channel mean and std the model sees after augmentation.
         depth: augmentation layers.
         ops: candidate operators (catalog names).
         scale: magnitudes are clipped to ``[0, scale]``.
         apply_prob: per-layer apply probability range.
         temperature: Gumbel-softmax temperature.
-        sampling: ``image`` (operator per image, default) or ``batch`` (authors' choice).
+        sampling: ``image`` (operator, magnitude, sign and apply coin drawn per image, as the
+            DRA authors do; default) or ``batch`` (one operator per batch and layer).
         init_logit, init_mean, init_std: initial policy parameters.
         learn_w, learn_mean, learn_std, op_gradient, kl_weight: ablation switches
             (``kl_weight: 0`` turns the KL term off).
@@ -85,7 +98,11 @@ class SearchConfig:
     crop_scale: tuple[float, float] = (0.05, 1.0)
     pad: int = 4
     flip: bool = True
+    policy_crop: str = "same"
     cutout: int = 0
+    cutout_policy_step: bool = False
+    model_args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    fill: int = 0
     normalize: tuple[tuple[float, float, float], tuple[float, float, float]] = (
         (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     depth: int = 2
@@ -215,7 +232,9 @@ class SearchConfig:
         converted: dict[str, Any] = {"method_options": dict(options)}
         for f in dataclasses.fields(cls):
             if f.name in values and f.name != "method_options":
-                converted[f.name] = _convert(f.name, values[f.name], f.default, where)
+                default = f.default if f.default_factory is dataclasses.MISSING \
+                    else f.default_factory()
+                converted[f.name] = _convert(f.name, values[f.name], default, where)
         cfg = cls(**converted)
         cfg._check(where)
         return cfg
@@ -248,8 +267,12 @@ class SearchConfig:
                 raise bad(key, "must be >= 1 or null")
         if self.images_per_class is not None and self.images_per_class < 2:
             raise bad("images_per_class", "needs >= 2 (one image for each half)")
-        if self.crop not in ("rrc", "pad", "center"):
-            raise bad("crop", "must be one of rrc, pad, center")
+        if self.crop not in ("rrc", "pad", "center", "none"):
+            raise bad("crop", "must be one of rrc, pad, center, none")
+        if self.policy_crop not in ("same", "center", "none"):
+            raise bad("policy_crop", "must be one of same, center, none")
+        if not 0 <= self.fill <= 255:
+            raise bad("fill", "must be a grey level in [0, 255]")
         if self.sampling not in ("image", "batch"):
             raise bad("sampling", "must be 'image' (per image) or 'batch' (per batch)")
         lo, hi = self.crop_scale
@@ -310,6 +333,12 @@ def _convert(key: str, value: Any, default: Any, where: str) -> Any:
     if value is None:
         return None
     try:
+        if isinstance(default, dict):
+            if isinstance(value, str):
+                value = yaml.safe_load(value)
+            if not isinstance(value, Mapping):
+                raise ValueError(value)
+            return {str(k): v for k, v in value.items()}
         if isinstance(default, bool):
             if isinstance(value, str):
                 if value.lower() in ("true", "yes", "1", "on"):

@@ -4,7 +4,7 @@ The proxy set is small (the authors: 120 classes x 50 images on ImageNet, 4,000 
 it is decoded once with PIL into a uint8 tensor of squares of side ``stored_size`` (shorter side
 resized, centre square kept). Every image is decoded before the search starts, so an unreadable
 file stops the run at once with its path. Batches are then cropped (random-resized crop,
-pad-and-crop or centre), flipped and scaled to [0, 1] in torch before the policy sees them.
+pad-and-crop, centre or none), flipped and scaled to [0, 1] in torch before the policy sees them.
 
 Example:
     >>> from dra_dali.data import embedded_dataset
@@ -158,49 +158,76 @@ def load_proxy(config: SearchConfig) -> ProxySet:
 
 
 def crop_flip(images: torch.Tensor, config: SearchConfig,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+              generator: torch.Generator | None = None, *,
+              policy_half: bool = False) -> torch.Tensor:
     """Crop, flip and scale a uint8 batch to float [0, 1] at ``config.resolution``.
 
     Args:
         images: ``(B, 3, S, S)`` uint8 proxy images.
-        config: ``crop`` (``rrc``/``pad``/``center``), ``crop_scale``, ``pad``, ``flip``,
-            ``resolution``.
+        config: ``crop`` (``rrc``/``pad``/``center``/``none``), ``crop_scale``, ``pad``,
+            ``flip``, ``resolution``, and ``policy_crop`` for the policy half.
         generator: random generator for the crop boxes and flips.
+        policy_half: crop as ``policy_crop`` says (``same``: like the model half; ``center`` or
+            ``none``: that crop, no flip).
 
     Returns:
         ``(B, 3, R, R)`` float images in [0, 1].
     """
+    crop, flip = config.crop, config.flip
+    if policy_half and config.policy_crop != "same":
+        crop, flip = config.policy_crop, False
     x = images.float() / 255.0
-    b, _, h, w = x.shape
     r = config.resolution
-    if config.crop == "rrc":
-        # torchvision's RandomResizedCrop: area fraction in crop_scale, aspect in [3/4, 4/3]
-        # (log-uniform); a box that does not fit is shrunk to the image instead of retried.
-        lo, hi = config.crop_scale
-        area = (lo + (hi - lo) * torch.rand(b, generator=generator)) * h * w
-        log_ratio = (torch.rand(b, generator=generator) * 2 - 1) * np.log(4 / 3)
-        ratio = torch.exp(log_ratio)
-        cw = torch.sqrt(area * ratio).clamp(1, w).round()
-        ch = torch.sqrt(area / ratio).clamp(1, h).round()
-        x0 = torch.floor(torch.rand(b, generator=generator) * (w - cw + 1))
-        y0 = torch.floor(torch.rand(b, generator=generator) * (h - ch + 1))
-        x1, y1 = x0 + cw - 1, y0 + ch - 1
-        boxes = torch.stack([torch.stack([x0, y0], 1), torch.stack([x1, y0], 1),
-                             torch.stack([x1, y1], 1), torch.stack([x0, y1], 1)], 1)
-        x = kornia.geometry.transform.crop_and_resize(x, boxes.to(x), (r, r), align_corners=True)
-    else:  # pad or center: resize to the resolution first
-        if (h, w) != (r, r):
-            x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False,
-                              antialias=True)
-        if config.crop == "pad":
-            p = config.pad
-            padded = F.pad(x, (p, p, p, p))
-            oy = torch.randint(0, 2 * p + 1, (b,), generator=generator)
-            ox = torch.randint(0, 2 * p + 1, (b,), generator=generator)
-            rows = (oy[:, None] + torch.arange(r)[None]).view(b, 1, r, 1)
-            cols = (ox[:, None] + torch.arange(r)[None]).view(b, 1, 1, r)
-            x = padded.gather(2, rows.expand(b, 3, r, r + 2 * p)).gather(3, cols.expand(b, 3, r, r))
-    if config.flip:
-        flip = torch.rand(b, generator=generator) < 0.5
-        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+    if crop == "rrc":
+        x = _random_resized_crop(x, r, config.crop_scale, generator)
+    elif crop == "center":
+        # Resize to 8/7 of the resolution (256 for 224), keep the central square.
+        x = _resize(x, round(r * 8 / 7))
+        top = (x.shape[2] - r) // 2
+        x = x[:, :, top:top + r, top:top + r]
+    else:  # pad or none: resize to the resolution first
+        x = _resize(x, r)
+        if crop == "pad":
+            x = _pad_crop(x, config.pad, generator)
+    if flip:
+        b = x.shape[0]
+        flips = torch.rand(b, generator=generator) < 0.5
+        x = torch.where(flips.view(-1, 1, 1, 1), x.flip(3), x)
     return x.clamp(0.0, 1.0)
+
+
+def _resize(x: torch.Tensor, side: int) -> torch.Tensor:
+    if x.shape[2:] == (side, side):
+        return x
+    return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False,
+                         antialias=True)
+
+
+def _random_resized_crop(x: torch.Tensor, r: int, crop_scale: tuple[float, float],
+                         generator: torch.Generator | None) -> torch.Tensor:
+    """torchvision's RandomResizedCrop: area fraction in ``crop_scale``, aspect in [3/4, 4/3]
+    (log-uniform); a box that does not fit is shrunk to the image instead of retried."""
+    b, _, h, w = x.shape
+    lo, hi = crop_scale
+    area = (lo + (hi - lo) * torch.rand(b, generator=generator)) * h * w
+    log_ratio = (torch.rand(b, generator=generator) * 2 - 1) * np.log(4 / 3)
+    ratio = torch.exp(log_ratio)
+    cw = torch.sqrt(area * ratio).clamp(1, w).round()
+    ch = torch.sqrt(area / ratio).clamp(1, h).round()
+    x0 = torch.floor(torch.rand(b, generator=generator) * (w - cw + 1))
+    y0 = torch.floor(torch.rand(b, generator=generator) * (h - ch + 1))
+    x1, y1 = x0 + cw - 1, y0 + ch - 1
+    boxes = torch.stack([torch.stack([x0, y0], 1), torch.stack([x1, y0], 1),
+                         torch.stack([x1, y1], 1), torch.stack([x0, y1], 1)], 1)
+    return kornia.geometry.transform.crop_and_resize(x, boxes.to(x), (r, r), align_corners=True)
+
+
+def _pad_crop(x: torch.Tensor, p: int, generator: torch.Generator | None) -> torch.Tensor:
+    """A random window of side ``R`` from the image zero-padded by ``p`` pixels."""
+    b, _, r, _ = x.shape
+    padded = F.pad(x, (p, p, p, p))
+    oy = torch.randint(0, 2 * p + 1, (b,), generator=generator)
+    ox = torch.randint(0, 2 * p + 1, (b,), generator=generator)
+    rows = (oy[:, None] + torch.arange(r)[None]).view(b, 1, r, 1)
+    cols = (ox[:, None] + torch.arange(r)[None]).view(b, 1, 1, r)
+    return padded.gather(2, rows.expand(b, 3, r, r + 2 * p)).gather(3, cols.expand(b, 3, r, r))

@@ -11,9 +11,10 @@ operator a magnitude mean ``mu`` and standard deviation ``sigma``. A forward pas
    operator ``x + m - stop_grad(m)`` so that ``m`` receives the operator's input gradient;
 4. draws a random sign for signed operators and an apply coin with ``p ~ U(lo, hi)`` per image.
 
-``sampling="image"`` (the default) draws the operator per image and groups the batch by operator,
-a lower-variance estimator at the same cost; ``sampling="batch"`` draws one operator per batch and
-layer, as the authors did.
+``sampling="image"`` (the default) draws the operator per image, as the DRA authors do (their
+layer runs image by image under ``tf.map_fn``), and groups the batch by operator;
+``sampling="batch"`` draws one operator per batch and layer (an option; magnitude noise, sign and
+apply coin stay per image).
 
 Example:
     >>> import torch
@@ -31,7 +32,7 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import nn
 
-from dra_dali.ops import OP_NAMES, OPS, PAPER_OPS
+from dra_dali.ops import FILL_VALUE, OP_NAMES, OPS, PAPER_OPS
 from dra_dali.policy import Layer, Policy
 from dra_dali.search.ops import apply_op, cutout_centers
 
@@ -39,7 +40,8 @@ __all__ = ["DRAPolicy"]
 
 
 class DRAPolicy(nn.Module):
-    """Differentiable RandAugment: ``depth`` layers over ``ops``, learnable ``logits``, ``mean``, ``std``.
+    """Differentiable RandAugment: ``depth`` layers over ``ops`` with learnable ``logits``,
+    ``mean`` and ``std``.
 
     Args:
         ops: operator names from the catalog (default: all 16, in catalog order).
@@ -48,11 +50,13 @@ class DRAPolicy(nn.Module):
         scale: magnitudes are clipped to ``[0, scale]``.
         apply_prob: ``(lo, hi)`` of the per-image apply probability ``p ~ U(lo, hi)``.
         temperature: Gumbel-softmax temperature ``tau``.
-        sampling: ``"image"`` (operator drawn per image) or ``"batch"`` (one per batch).
+        sampling: ``"image"`` (operator drawn per image, the authors' way) or ``"batch"`` (one
+            per batch).
         init_logit, init_mean, init_std: initial values (paper: 1e-3, 0.5, 0.1).
         learn_w, learn_mean, learn_std: which parameters are learned (ablations).
         op_gradient: when False every operator passes the gradient straight through (the
             magnitude then learns only from ``x + m - stop_grad(m)`` with an identity Jacobian).
+        fill: grey level (0-255) the geometric operators fill with (the DRA authors: 0).
 
     Raises:
         ValueError: for an unknown operator, a depth below 1, a bad sampling mode or ranges.
@@ -63,7 +67,7 @@ class DRAPolicy(nn.Module):
                  temperature: float = 0.5, sampling: Literal["image", "batch"] = "image",
                  init_logit: float = 1e-3, init_mean: float = 0.5, init_std: float = 0.1,
                  learn_w: bool = True, learn_mean: bool = True, learn_std: bool = True,
-                 op_gradient: bool = True) -> None:
+                 op_gradient: bool = True, fill: int = FILL_VALUE) -> None:
         super().__init__()
         unknown = [name for name in ops if name not in OPS]
         if unknown or not ops:
@@ -76,6 +80,8 @@ class DRAPolicy(nn.Module):
         lo, hi = apply_prob
         if not 0.0 <= lo <= hi <= 1.0:
             raise ValueError(f"apply_prob must satisfy 0 <= lo <= hi <= 1, got {apply_prob}")
+        if not 0 <= fill <= 255:
+            raise ValueError(f"fill must be a grey level in [0, 255], got {fill}")
         if temperature <= 0 or scale <= 0:
             raise ValueError(f"temperature and scale must be > 0, got {temperature}, {scale}")
         self.ops = tuple(ops)
@@ -85,6 +91,7 @@ class DRAPolicy(nn.Module):
         self.temperature = float(temperature)
         self.sampling = sampling
         self.op_gradient = op_gradient
+        self.fill = int(fill)
         n = len(self.ops)
         self.logits = nn.Parameter(torch.full((depth, n), float(init_logit)), requires_grad=learn_w)
         self.mean = nn.Parameter(torch.full((depth, n), float(init_mean)), requires_grad=learn_mean)
@@ -158,7 +165,7 @@ class DRAPolicy(nn.Module):
             else:
                 entering = xi + (mi - mi.detach()).view(-1, 1, 1, 1)
             out = apply_op(self.ops[op_index], entering, mi, sign[idx], self.resolution,
-                           centers=centers[idx],
+                           fill=self.fill, centers=centers[idx],
                            straight_through=None if self.op_gradient else True)
             others = weight.sum(dim=1) - weight[:, op_index]
             out = weight[:, op_index].view(-1, 1, 1, 1) * out + others.view(-1, 1, 1, 1)

@@ -33,14 +33,13 @@ from dra_dali.ops import FILL_VALUE, OP_NAMES, OPS, OpSpec
 
 __all__ = ["TORCH_OPS", "apply_op", "op_parameter", "cutout_centers"]
 
-_FILL = FILL_VALUE / 255.0
 # PIL's luma weights (ITU-R 601-2) as in Image.convert("L").
 _LUMA = (0.299, 0.587, 0.114)
 
 
 def op_parameter(spec: OpSpec | str, magnitude: torch.Tensor, sign: torch.Tensor | None = None,
                  resolution: int = 224) -> torch.Tensor:
-    """The catalog mapping ``clamp(identity + sign * slope_at(res) * m, *bounds_at(res))`` on tensors.
+    """The catalog mapping ``clamp(identity + sign * slope_at(res) * m, *bounds_at(res))``.
 
     Args:
         spec: catalog row or operator name.
@@ -74,9 +73,10 @@ def cutout_centers(batch: int, height: int, width: int,
 
 
 # ----- geometric ------------------------------------------------------------------------------
-def _warp(x: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+def _warp(x: torch.Tensor, inverse: torch.Tensor, fill: float) -> torch.Tensor:
     """Warp with PIL's convention: ``inverse`` (B, 2, 3) maps output to input in continuous
-    coordinates whose pixel centres are at ``index + 0.5``; bilinear, fill 128 outside."""
+    coordinates whose pixel centres are at ``index + 0.5``; bilinear, grey level ``fill``
+    (0-255) outside."""
     b, _, h, w = x.shape
     # To pixel-index coordinates (centres at integers): x_in = A (x_out + .5) + t - .5.
     a = inverse[:, :, :2]
@@ -86,12 +86,12 @@ def _warp(x: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
     full[:, :2, 2] = t
     full[:, 2, 2] = 1.0
     forward = torch.linalg.inv(full)[:, :2, :]  # kornia wants the source -> destination map
-    fill = torch.full((3,), _FILL, dtype=x.dtype, device=x.device)
+    fill_value = torch.full((3,), fill / 255.0, dtype=x.dtype, device=x.device)
     # Deliberately differs from PIL at the border: PIL interpolates edge pixels with the image's
     # own border (clamped reads) for up to one pixel outside, kornia blends with the fill value.
     return kornia.geometry.transform.warp_affine(x, forward, (h, w), mode="bilinear",
                                                  padding_mode="fill", align_corners=True,
-                                                 fill_value=fill)
+                                                 fill_value=fill_value)
 
 
 def _affine_rows(b: int, like: torch.Tensor) -> torch.Tensor:
@@ -104,14 +104,14 @@ def _affine_rows(b: int, like: torch.Tensor) -> torch.Tensor:
 def _affine_entry(row: int, col: int):
     """An operator that sets one entry of the identity affine (output -> input map) to ``v``:
     (0, 1) ShearX, (1, 0) ShearY, (0, 2) TranslateX, (1, 2) TranslateY, as PIL's AFFINE."""
-    def op(x, v, **_):
+    def op(x, v, fill=FILL_VALUE, **_):
         m = _affine_rows(x.shape[0], x)
         m[:, row, col] = v
-        return _warp(x, m)
+        return _warp(x, m, fill)
     return op
 
 
-def _rotate(x, v, **_):
+def _rotate(x, v, fill=FILL_VALUE, **_):
     # PIL Image.rotate: counter-clockwise by v degrees about (W/2, H/2), output -> input map.
     h, w = x.shape[-2:]
     angle = -v * (math.pi / 180.0)
@@ -122,7 +122,7 @@ def _rotate(x, v, **_):
     m[:, 1, 0], m[:, 1, 1] = -sin, cos
     m[:, 0, 2] = cos * (-cx) + sin * (-cy) + cx
     m[:, 1, 2] = -sin * (-cx) + cos * (-cy) + cy
-    return _warp(x, m)
+    return _warp(x, m, fill)
 
 
 # ----- colour ---------------------------------------------------------------------------------
@@ -235,7 +235,8 @@ def _solarize_add(x, v, **_):
 
 _IMPL: dict[str, Callable[..., torch.Tensor]] = {
     "ShearX": _affine_entry(0, 1), "ShearY": _affine_entry(1, 0),
-    "TranslateX": _affine_entry(0, 2), "TranslateY": _affine_entry(1, 2), "Rotate": _rotate, "Brightness": _brightness, "Color": _color,
+    "TranslateX": _affine_entry(0, 2), "TranslateY": _affine_entry(1, 2), "Rotate": _rotate,
+    "Brightness": _brightness, "Color": _color,
     "Sharpness": _sharpness, "Contrast": _contrast, "Cutout": _cutout, "Solarize": _solarize,
     "Posterize": _posterize, "Equalize": _equalize, "AutoContrast": _autocontrast,
     "Invert": _invert, "SolarizeAdd": _solarize_add, "Identity": _identity,
@@ -245,9 +246,9 @@ TORCH_OPS: tuple[str, ...] = tuple(_IMPL)
 
 
 def apply_op(name: str, x: torch.Tensor, magnitude: torch.Tensor, sign: torch.Tensor | None = None,
-             resolution: int = 224, *, centers: torch.Tensor | None = None,
-             generator: torch.Generator | None = None, straight_through: bool | None = None
-             ) -> torch.Tensor:
+             resolution: int = 224, *, fill: float = FILL_VALUE,
+             centers: torch.Tensor | None = None, generator: torch.Generator | None = None,
+             straight_through: bool | None = None) -> torch.Tensor:
     """Apply catalog operator ``name`` to a float image batch with per-sample magnitudes.
 
     Args:
@@ -256,6 +257,8 @@ def apply_op(name: str, x: torch.Tensor, magnitude: torch.Tensor, sign: torch.Te
         magnitude: ``(B,)`` normalised magnitudes (only their values are used).
         sign: ``(B,)`` +1/-1 for signed operators (``None``: +1).
         resolution: training resolution (selects the translate range).
+        fill: grey level (0-255 units, like a policy's ``fill``) of the pixels that geometric
+            operators bring in from outside the image.
         centers: Cutout centres ``(B, 2)`` as (row, column); random when ``None``.
         generator: random generator for Cutout centres.
         straight_through: pass the output gradient straight to the input instead of the
@@ -281,5 +284,6 @@ def apply_op(name: str, x: torch.Tensor, magnitude: torch.Tensor, sign: torch.Te
         straight_through = not spec.input_gradient
     if straight_through:
         base = x.detach()
-        return x + (_IMPL[name](base, v, centers=centers, generator=generator) - base).detach()
-    return _IMPL[name](x, v, centers=centers, generator=generator)
+        out = _IMPL[name](base, v, fill=fill, centers=centers, generator=generator)
+        return x + (out - base).detach()
+    return _IMPL[name](x, v, fill=fill, centers=centers, generator=generator)

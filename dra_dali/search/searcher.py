@@ -53,14 +53,14 @@ class RunDirError(DraDaliError):
     match the configuration); the message says what to do."""
 
 
-ModelFactory = Callable[[str, int], nn.Module]
+ModelFactory = Callable[..., nn.Module]  # (name, num_classes, **config.model_args)
 EpochHook = Callable[[int, dict[str, Any]], None]
 
 
-def _default_factory(name: str, num_classes: int) -> nn.Module:
+def _default_factory(name: str, num_classes: int, **model_args: Any) -> nn.Module:
     from dra_dali.models import create_model
 
-    return create_model(name, num_classes)
+    return create_model(name, num_classes, **model_args)
 
 
 class SearchState:
@@ -71,7 +71,7 @@ class SearchState:
         self.config = config
         self.device = torch.device(config.device)
         torch.manual_seed(config.seed)
-        self.model = model_factory(config.model, num_classes).to(self.device)
+        self.model = model_factory(config.model, num_classes, **config.model_args).to(self.device)
         self.method: SearchMethod = get_method(config.method)(
             config, config.options, num_classes=num_classes, device=self.device)
         # Built once on the device: every step normalises several batches.
@@ -92,7 +92,8 @@ class SearchState:
 
     def context(self, generator: torch.Generator) -> StepContext:
         """What the method gets for a step."""
-        return StepContext(self.config, self.model, self.model_opt, self.normalize, generator)
+        return StepContext(self.config, self.model, self.model_opt, self.normalize, generator,
+                           self.epoch)
 
     def state_dict(self) -> dict[str, Any]:
         return {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(),
@@ -157,9 +158,12 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def _validate_model(config: SearchConfig, num_classes: int, factory: ModelFactory) -> None:
     try:
-        factory(config.model, num_classes)
+        factory(config.model, num_classes, **config.model_args)
     except ValueError as exc:  # UnknownModelError is a ValueError
         raise ConfigError(f"model: {exc}") from None
+    except TypeError as exc:  # a keyword argument the constructor does not take
+        raise ConfigError(f"model_args: {dict(config.model_args)} do not fit model "
+                          f"{config.model!r} ({exc})") from None
 
 
 def _prepare_run_dir(out: Path, config: SearchConfig, resume: bool) -> dict[str, Any] | None:
@@ -307,7 +311,7 @@ def _epoch(state: SearchState, proxy: ProxySet, steps: int, bar: Any,
     for step in range(steps):
         idx_a = order_a[step * bs:(step + 1) * bs]
         idx_b = order_b[step * bs:(step + 1) * bs]
-        xb = crop_flip(proxy.policy_half.images[idx_b], config, gen)
+        xb = crop_flip(proxy.policy_half.images[idx_b], config, gen, policy_half=True)
         if val_transform is not None:
             xb = val_transform(xb)
         xa = crop_flip(proxy.model_half.images[idx_a], config, gen)

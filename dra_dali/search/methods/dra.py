@@ -9,6 +9,7 @@ Each step (first-order bi-level, as in the paper):
    clipped to ``[0, scale]`` and ``std`` to ``[0, 1]``;
 2. **model step** on the ``train`` batch (the model half) augmented by the current policy (no
    gradient to the policy), then Cutout (``cutout``): cross-entropy, the run's SGD step.
+   ``cutout_policy_step: true`` applies that Cutout to the policy step's augmented batch too.
 
 DRA's recipe keys are top-level (``depth``, ``temperature``, ``sampling``, ``init_*``,
 ``learn_*``, ``op_gradient``, ``kl_weight``, ``policy_*``): they predate the method platform.
@@ -38,7 +39,7 @@ def build_policy_module(config) -> DRAPolicy:
                      init_logit=config.init_logit, init_mean=config.init_mean,
                      init_std=config.init_std, learn_w=config.learn_w,
                      learn_mean=config.learn_mean, learn_std=config.learn_std,
-                     op_gradient=config.op_gradient)
+                     op_gradient=config.op_gradient, fill=config.fill)
 
 
 @register
@@ -71,7 +72,10 @@ class DRAMethod(SearchMethod):
     def _policy_step(self, ctx: StepContext, val: Batch) -> tuple[float, float]:
         with torch.no_grad():
             clean = ctx.logits(val.images)
-        logits = ctx.logits(self.policy(val.images, ctx.generator))
+        augmented = self.policy(val.images, ctx.generator)
+        if self.config.cutout_policy_step:  # the DRA authors' CIFAR search: Cutout in both steps
+            augmented = ctx.cutout(augmented)
+        logits = ctx.logits(augmented)
         ce = F.cross_entropy(logits, val.labels)
         kl = F.kl_div(F.log_softmax(logits, dim=1), F.log_softmax(clean, dim=1),
                       reduction="batchmean", log_target=True)
