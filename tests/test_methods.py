@@ -28,7 +28,8 @@ from dra_dali.search.ops import apply_op
 def test_registry_holds_dra_and_ddas_and_refuses_clashes():
     assert {"dra", "ddas"} <= set(METHODS)
     assert get_method("ddas") is DDASMethod
-    with pytest.raises(OptionsError, match=r"unknown search method 'auto'; available: ddas, dra"):
+    with pytest.raises(OptionsError,
+                       match=r"unknown search method 'auto'; available: das, ddas, dra, faster-aa"):
         get_method("auto")
 
     class Impostor(SearchMethod):

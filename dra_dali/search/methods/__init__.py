@@ -55,5 +55,7 @@ def get_method(name: str) -> type[SearchMethod]:
 
 
 # One import per method module; each registers itself.
+from dra_dali.search.methods import das as _das  # noqa: E402,F401
 from dra_dali.search.methods import ddas as _ddas  # noqa: E402,F401
 from dra_dali.search.methods import dra as _dra  # noqa: E402,F401
+from dra_dali.search.methods import faster_aa as _faster_aa  # noqa: E402,F401

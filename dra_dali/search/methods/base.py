@@ -91,6 +91,8 @@ class StepContext:
         optimizer: the model's optimiser (SGD; its learning rate follows the run's schedule).
         normalize: ``x -> (x - mean) / std`` with the recipe's ``normalize``.
         generator: CPU random generator of every augmentation draw of this epoch.
+        epoch: the epoch this step belongs to (0-based; DAS measures its perturbation in the
+            last ones).
     """
 
     config: SearchConfig
@@ -98,6 +100,7 @@ class StepContext:
     optimizer: torch.optim.Optimizer
     normalize: Callable[[torch.Tensor], torch.Tensor]
     generator: torch.Generator
+    epoch: int = 0
 
     @property
     def lr(self) -> float:
