@@ -176,8 +176,9 @@ _PAPER_ROWS = (
     _row("Sharpness", "color", True, 1.0, 0.9, -_INF, _INF, "blend factor", parity=_BLEND),
     _row("Contrast", "color", True, 1.0, 0.9, -_INF, _INF, "blend factor", parity=_BLEND),
     _row("Cutout", "color", False, 0.0, 0.2, 0.0, 1.0, "fraction of height"),
-    _row("Solarize", "color", False, 256.0, -256.0, 0.0, 256.0, "threshold",
-         input_gradient=False),
+    # Solarize keeps its exact +-1 input gradient (the DRA authors' tf.where); only Posterize
+    # and Equalize are straight-through in the search (paper III-B-3).
+    _row("Solarize", "color", False, 256.0, -256.0, 0.0, 256.0, "threshold"),
     _row("Posterize", "color", False, 0.0, 4.0, 0.0, 7.0, "bits removed", rounding="floor",
          input_gradient=False),
     # DALI's fn.equalize uses OpenCV's table, not PIL's (see dra_dali.dali.operators.equalize).

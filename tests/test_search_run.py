@@ -110,14 +110,45 @@ def test_existing_run_is_not_overwritten_and_resume_checks_config(embedded, tmp_
     out = tmp_path / "run"
     run_search(tiny(embedded.train, epochs=1), out, progress=False)
     before = (out / "policy.yaml").read_text()
-    with pytest.raises(RunDirError, match="--resume"):
+    with pytest.raises(RunDirError, match="already holds a finished run"):
         run_search(tiny(embedded.train, epochs=1), out, progress=False)
+    with pytest.raises(RunDirError, match="holds a finished run"):
+        run_search(tiny(embedded.train, epochs=1), out, resume=True, progress=False)
+    cut = tmp_path / "cut"
+
+    def stop(epoch, record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search(tiny(embedded.train), cut, progress=False, on_epoch_end=stop)
     with pytest.raises(RunDirError, match="batch_size: 4 -> 8"):
-        run_search(tiny(embedded.train, epochs=1, batch_size=8), out, resume=True,
-                   progress=False)
+        run_search(tiny(embedded.train, batch_size=8), cut, resume=True, progress=False)
+    with pytest.raises(RunDirError, match=r"method: 'dra' -> 'ddas'"):
+        run_search(tiny(embedded.train, method="ddas"), cut, resume=True, progress=False)
     with pytest.raises(RunDirError, match="nothing to resume"):
         run_search(tiny(embedded.train), tmp_path / "fresh", resume=True, progress=False)
     assert (out / "policy.yaml").read_text() == before
+
+
+def test_checkpoint_loads_weights_only_and_garbage_is_named(embedded, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny(embedded.train, epochs=1)
+
+    def stop(epoch, record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg, out, progress=False, on_epoch_end=stop)
+
+    class Payload:  # a pickle that would run code when loaded without weights_only
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    torch.save({"format": "dra-search-checkpoint/2", "epoch": 1, "x": Payload()},
+               out / "checkpoint.pt")
+    with pytest.raises(RunDirError, match="checkpoint.pt"):
+        run_search(cfg, out, resume=True, progress=False)
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_bad_recipe_and_model_are_named(embedded, tmp_path):
@@ -169,7 +200,7 @@ def test_unreadable_image_is_named_before_any_work(embedded, tmp_path):
     bad = train / "coffee" / "broken.jpg"
     bad.write_bytes((train / "cat" / sorted(os.listdir(train / "cat"))[0]).read_bytes()[:200])
     cfg = tiny(train, images_per_class=None)
-    with pytest.raises(DataError, match="broken.jpg: cannot decode"):
+    with pytest.raises(DataError, match="broken.jpg: truncated"):
         run_search(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
@@ -187,7 +218,9 @@ def test_cli_search_and_errors(embedded, tmp_path):
     bad = runner.invoke(main, args + ["--set", "lr_rate=3"])
     assert bad.exit_code == 1 and "unknown recipe key(s) ['lr_rate']" in bad.output
     again = runner.invoke(main, args + sets)
-    assert again.exit_code == 1 and "already holds a search" in again.output
+    assert again.exit_code == 1 and "already holds a finished run" in again.output
+    forced = runner.invoke(main, args + sets + ["--force", "--method", "dra"])
+    assert forced.exit_code == 0, forced.output
 
 
 def test_sigterm_leaves_a_loadable_checkpoint(embedded, tmp_path):

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -76,7 +77,9 @@ class SearchConfig:
         init_logit, init_mean, init_std: initial policy parameters.
         learn_w, learn_mean, learn_std, op_gradient, kl_weight: ablation switches
             (``kl_weight: 0`` turns the KL term off).
-        epochs, batch_size: passes over the model half and batch size of both steps.
+        epochs, batch_size: passes over the model half and its batch size.
+        val_batch_size: batch size of the second half (DRA's policy half, DDAS's validation
+            half; ``null``: ``batch_size``).
         lr, lr_batch: model SGD learning rate ``lr * batch_size / lr_batch`` (cosine decay).
         momentum, nesterov, weight_decay, grad_clip: model optimiser.
         policy_lr, policy_betas, policy_weight_decay: the policy's AdamW.
@@ -121,6 +124,7 @@ class SearchConfig:
     kl_weight: float = 1.0
     epochs: int = 20
     batch_size: int = 32
+    val_batch_size: int | None = None
     lr: float = 0.1
     lr_batch: int = 256
     momentum: float = 0.9
@@ -258,10 +262,12 @@ class SearchConfig:
         def bad(key: str, why: str) -> ConfigError:
             return ConfigError(f"{where}: {key}: {why}, got {getattr(self, key)!r}")
 
+        self._check_bounds(where)
         for key in ("resolution", "depth", "epochs", "batch_size", "lr_batch"):
             if getattr(self, key) < 1:
                 raise bad(key, "must be >= 1")
-        for key in ("proxy_classes", "images_per_class", "decode_size", "threads"):
+        for key in ("proxy_classes", "images_per_class", "decode_size", "threads",
+                    "val_batch_size"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise bad(key, "must be >= 1 or null")
@@ -304,6 +310,18 @@ class SearchConfig:
             raise bad("device", "must be 'cpu', 'cuda' or 'cuda:N'")
         self._parse_options(where)
 
+    def _check_bounds(self, where: str) -> None:
+        """Every number finite (no NaN or inf), and below :data:`_UPPER` (before any work)."""
+        for f in dataclasses.fields(self):
+            for value in _numbers(getattr(self, f.name)):
+                if not math.isfinite(value):
+                    raise ConfigError(f"{where}: {f.name}: must be a finite number, got "
+                                      f"{getattr(self, f.name)!r}")
+        for key, upper in _UPPER.items():
+            value = getattr(self, key)
+            if value is not None and abs(value) > upper:
+                raise ConfigError(f"{where}: {key}: {value!r} is out of range (at most {upper})")
+
     def _parse_options(self, where: str) -> None:
         from dra_dali.search.methods import OptionsError, get_method
 
@@ -312,6 +330,25 @@ class SearchConfig:
         except OptionsError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         self.__dict__["_options"] = options
+
+
+#: Largest magnitude each recipe number may have: far beyond any sensible setting, so a value
+#: past it is a typo or a crafted file (checked before any work, with the key named).
+_UPPER = {"lr": 10.0, "policy_lr": 10.0, "scale": 10.0, "temperature": 100.0,
+          "kl_weight": 1000.0, "weight_decay": 1.0, "policy_weight_decay": 1.0, "grad_clip": 1e6,
+          "init_logit": 100.0, "init_mean": 10.0, "depth": 64, "epochs": 100_000,
+          "batch_size": 1_000_000, "lr_batch": 1_000_000, "resolution": 8192, "decode_size": 8192,
+          "pad": 1024, "cutout": 8192, "proxy_classes": 1_000_000,
+          "images_per_class": 10_000_000, "threads": 4096}
+
+
+def _numbers(value: Any) -> list[float]:
+    """The float values inside a field (tuples and nested tuples included)."""
+    if isinstance(value, float):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [n for item in value for n in _numbers(item)]
+    return []
 
 
 def _method_names() -> list[str]:
@@ -335,7 +372,7 @@ def _convert(key: str, value: Any, default: Any, where: str) -> Any:
     try:
         if isinstance(default, dict):
             if isinstance(value, str):
-                value = yaml.safe_load(value)
+                value = load_yaml(value, what=key, error=ConfigError)
             if not isinstance(value, Mapping):
                 raise ValueError(value)
             return {str(k): v for k, v in value.items()}
@@ -362,7 +399,7 @@ def _convert(key: str, value: Any, default: Any, where: str) -> Any:
         if isinstance(default, float):
             return float(value)
         if isinstance(default, int) or key in ("proxy_classes", "images_per_class",
-                                               "decode_size", "threads"):
+                                               "decode_size", "threads", "val_batch_size"):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
             return int(value)

@@ -19,42 +19,42 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import pickle
-import signal
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable
 
 import torch
-import yaml
 from torch import nn
 
 from dra_dali import __version__
-from dra_dali.errors import DraDaliError
 from dra_dali.policy import Policy
+from dra_dali.runtime import CHECKPOINT as CHECKPOINT_NAME
+from dra_dali.runtime import RunDir, RunDirError, StopSignals, derive_seed
+from dra_dali.runtime import load_checkpoint as _load_runtime_checkpoint
 from dra_dali.search.config import ConfigError, SearchConfig
 from dra_dali.search.data import ProxySet, crop_flip, load_proxy
 from dra_dali.search.methods import Batch, SearchMethod, StepContext, get_method
-from dra_dali.train.checkpoint import save_checkpoint
-from dra_dali.train.optim import build_scheduler
 
 __all__ = ["run_search", "SearchState", "load_checkpoint", "RunDirError"]
 
-CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "dra-search-checkpoint/2"
-
-
-class RunDirError(DraDaliError):
-    """The run directory cannot be used (holds another search, or a checkpoint that does not
-    match the configuration); the message says what to do."""
+#: Settings that may change on resume: they do not change the result.
+RESUME_IGNORES = ("device", "threads", "data", "val_data")
 
 
 ModelFactory = Callable[..., nn.Module]  # (name, num_classes, **config.model_args)
 EpochHook = Callable[[int, dict[str, Any]], None]
+
+
+class _Cosine:
+    """Cosine decay from 1 to 0 over ``total`` steps (an object: ``LambdaLR`` saves its fields)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+
+    def __call__(self, step: int) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / max(1, self.total))))
 
 
 def _default_factory(name: str, num_classes: int, **model_args: Any) -> nn.Module:
@@ -82,7 +82,8 @@ class SearchState:
                                          and config.momentum > 0,
                                          weight_decay=config.weight_decay)
         # Cosine decay to 0 over the whole search, no warmup.
-        self.schedule = build_scheduler(self.model_opt, config.epochs * steps_per_epoch, 0)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.model_opt, _Cosine(config.epochs * steps_per_epoch))
         self.epoch = 0  # completed epochs
         self.elapsed = 0.0
         self.history: list[dict[str, Any]] = [{"epoch": 0, **self.method.snapshot()}]
@@ -114,46 +115,25 @@ class SearchState:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a search checkpoint (``run/checkpoint.pt``) as a dict.
+    """Read a search checkpoint (``run/checkpoint.pt``, ``weights_only=True``) as a dict.
 
     Raises:
-        RunDirError: the file is missing or not a search checkpoint.
+        RunDirError: the file is missing, unreadable or not a search checkpoint.
     """
+    from dra_dali.runtime import CheckpointError
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        raise RunDirError(f"{path}: cannot read the search checkpoint ({exc})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise RunDirError(f"{path}: not a dra-dali search checkpoint of this version "
-                          f"({CHECKPOINT_FORMAT})")
+        state = _load_runtime_checkpoint(path)
+    except CheckpointError as exc:
+        raise RunDirError(str(exc)) from None
+    _check_format(state, path)
     return state
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-class SearchTerminated(KeyboardInterrupt):
-    """SIGTERM during a search: unwinds like Ctrl-C (the last epoch's checkpoint is kept)."""
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into :class:`SearchTerminated` so that a killed search unwinds like Ctrl-C."""
-    def handler(signum, frame):  # noqa: ARG001
-        raise SearchTerminated(f"signal {signum}")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def _check_format(state: Any, path: str | Path) -> None:
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise RunDirError(f"{path}: not a dra-dali search checkpoint of this version "
+                          f"({CHECKPOINT_FORMAT})")
 
 
 def _validate_model(config: SearchConfig, num_classes: int, factory: ModelFactory) -> None:
@@ -166,53 +146,36 @@ def _validate_model(config: SearchConfig, num_classes: int, factory: ModelFactor
                           f"{config.model!r} ({exc})") from None
 
 
-def _prepare_run_dir(out: Path, config: SearchConfig, resume: bool) -> dict[str, Any] | None:
-    ckpt = out / CHECKPOINT
-    if resume:
-        if not ckpt.is_file():
-            raise RunDirError(f"{out}: nothing to resume (no {CHECKPOINT}); run without --resume "
-                              "to start a new search")
-        state = load_checkpoint(ckpt)
-        saved = SearchConfig.from_dict(state["config"], f"{ckpt} config")
-        # These keys do not change the result; the rest must match to continue the same search.
-        ignore = {"device", "threads", "data", "val_data"}
-        diff = sorted(k for k in [*SearchConfig.keys(), "method_options"] if k not in ignore
-                      and getattr(saved, k) != getattr(config, k))
-        if diff:
-            raise RunDirError(
-                f"{out}: the checkpoint was written with a different configuration ("
-                + ", ".join(f"{k}: {getattr(saved, k)!r} -> {getattr(config, k)!r}" for k in diff)
-                + "); resume with the same recipe and flags, or start a new --out")
-        return state
-    if ckpt.is_file() or (out / "policy.yaml").is_file():
-        raise RunDirError(f"{out}: already holds a search ({CHECKPOINT} or policy.yaml); pass "
-                          "--resume to continue it, or choose another --out (nothing was "
-                          "overwritten)")
-    return None
-
-
 def run_search(config: SearchConfig, out_dir: str | Path, *, resume: bool = False,
-               progress: bool = True, model_factory: ModelFactory | None = None,
+               force: bool = False, overrides: Iterable[str] = (), progress: bool = True,
+               model_factory: ModelFactory | None = None,
                val_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                on_epoch_end: EpochHook | None = None, recipe: str | None = None) -> Policy:
     """Search a policy with the configured method and write the run directory.
 
-    Every check (configuration, model name, data, image decoding, run directory) happens before
-    the first step. A checkpoint is written atomically after every epoch; Ctrl-C or SIGTERM
-    leaves the last one loadable and ``resume=True`` continues from it to the same result as an
-    uninterrupted run (on CPU, same seed).
+    Every check (configuration, model name, data, image decoding) happens before the run
+    directory is touched, and the run directory's rules (:class:`dra_dali.runtime.RunDir`:
+    lock, refuse / resume / force, unchanged settings on resume) before the first step. A
+    checkpoint is written atomically after every epoch; SIGTERM or Ctrl-C stops the run between
+    two steps (:class:`dra_dali.runtime.Stopped`, exit status 143 / 130 from the CLI) with the
+    last completed epoch's checkpoint in place, and ``resume=True`` continues from it to the same
+    result as an uninterrupted run (on CPU, same seed).
 
     Args:
         config: the search configuration (``config.data`` is required).
         out_dir: run directory (created).
         resume: continue the search whose checkpoint is in ``out_dir``.
-        progress: show a tqdm progress bar with the running losses.
+        force: start over in a folder that holds a search (or, with ``resume``, continue a
+            finished one).
+        overrides: settings allowed to differ from the saved ``config.yaml`` on resume
+            (recorded in ``overrides.jsonl``).
+        progress: show a tqdm progress bar with the running metrics.
         model_factory: ``(name, num_classes) -> nn.Module``; default
             :func:`dra_dali.models.create_model`.
         val_transform: applied to the cropped batches of the second half (DRA's policy half,
             DDAS's validation half; float [0, 1]) before the method sees them; the sanity
             protocol transforms them with one operator (``benchmarks/sanity.py``).
-        on_epoch_end: called as ``hook(epoch, metrics)`` after each epoch's checkpoint.
+        on_epoch_end: called as ``hook(epoch, record)`` after each epoch's checkpoint.
         recipe: recipe path, recorded in the provenance.
 
     Returns:
@@ -222,63 +185,64 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, resume: bool = Fals
         ConfigError: invalid configuration or unknown model name.
         dra_dali.data.DataError: missing/unreadable data, too few classes or images,
             ``val_data`` classes that differ, an image that cannot be decoded (path named).
-        RunDirError: ``out_dir`` holds another search (without ``resume``) or a checkpoint with
-            a different configuration.
-        KeyboardInterrupt: on Ctrl-C / SIGTERM, after the last completed epoch's checkpoint.
+        RunDirError: ``out_dir`` holds another search (without ``resume`` or ``force``), is in
+            use, or its checkpoint was made with other settings.
+        dra_dali.runtime.Stopped: SIGTERM or Ctrl-C, after the last completed epoch's checkpoint.
     """
     threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        return _run(config, Path(out_dir), resume, progress, model_factory or _default_factory,
-                    val_transform, on_epoch_end, recipe)
+        factory = model_factory or _default_factory
+        if config.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError("device: 'cuda' requested but torch sees no GPU; use device: cpu")
+        _validate_model(config, config.proxy_classes or 2, factory)
+        proxy = load_proxy(config)
+        if len(proxy.model_half) < 1 or len(proxy.policy_half) < 1:
+            raise ConfigError("the proxy set has an empty half; raise images_per_class")
+        with RunDir(out_dir, "search", config.to_dict(), resume=resume, force=force,
+                    overrides=overrides, ignore=RESUME_IGNORES) as run:
+            return _run(config, run, proxy, progress, factory, val_transform, on_epoch_end,
+                        recipe)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(config: SearchConfig, out: Path, resume: bool, progress: bool, factory: ModelFactory,
-         val_transform: Callable[[torch.Tensor], torch.Tensor] | None,
+def _run(config: SearchConfig, run: RunDir, proxy: ProxySet, progress: bool,
+         factory: ModelFactory, val_transform: Callable[[torch.Tensor], torch.Tensor] | None,
          on_epoch_end: EpochHook | None, recipe: str | None) -> Policy:
     from tqdm.auto import tqdm
 
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device: 'cuda' requested but torch sees no GPU; use --device cpu")
-    state_dict = _prepare_run_dir(out, config, resume) if out.exists() else None
-    if resume and state_dict is None:
-        raise RunDirError(f"{out}: nothing to resume (the folder does not exist)")
-    _validate_model(config, config.proxy_classes or 2, factory)
-    proxy = load_proxy(config)
-    if len(proxy.model_half) < 1 or len(proxy.policy_half) < 1:
-        raise ConfigError("the proxy set has an empty half; raise images_per_class")
-
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-    bs = config.batch_size
-    steps = max(1, len(proxy.model_half) // bs)
+    steps = max(1, len(proxy.model_half) // config.batch_size)
     state = SearchState(config, len(proxy.classes), steps, factory)
-    if state_dict is not None:
-        state.load_state_dict(state_dict)
-
-    total_steps = config.epochs * steps
-    bar = tqdm(total=total_steps, initial=state.epoch * steps, disable=not progress,
-               desc="search", unit="step", dynamic_ncols=True)
+    if run.state is not None:
+        _check_format(run.state, run.checkpoint_path)
+        state.load_state_dict(run.state)
+    else:
+        run.metrics.append(state.history[0])
+    bar = tqdm(total=config.epochs * steps, initial=state.epoch * steps, disable=not progress,
+               desc=f"search ({config.method})", unit="step", dynamic_ncols=True)
     try:
-        with _sigterm_as_interrupt():
+        with StopSignals() as stop:
             while state.epoch < config.epochs:
                 started = time.perf_counter()
-                metrics = _epoch(state, proxy, steps, bar, val_transform)
+                metrics = _epoch(state, proxy, steps, bar, val_transform, stop)
                 state.epoch += 1
                 state.elapsed += time.perf_counter() - started
                 metrics["seconds"] = state.elapsed
                 state.history.append({"epoch": state.epoch, **metrics,
                                       **state.method.snapshot()})
-                save_checkpoint(out / CHECKPOINT, state.state_dict())
-                _write_history(out, state.history)
+                run.metrics.append(state.history[-1])
+                run.save_checkpoint(state.state_dict())
                 if on_epoch_end is not None:
                     on_epoch_end(state.epoch, state.history[-1])
     finally:
         bar.close()
+    return _finish(config, run, state, proxy, recipe)
 
+
+def _finish(config: SearchConfig, run: RunDir, state: SearchState, proxy: ProxySet,
+            recipe: str | None) -> Policy:
     provenance = {
         "method": config.method, "data": str(config.data), "val_data": config.val_data,
         "classes": len(proxy.classes), "model_half": len(proxy.model_half),
@@ -287,30 +251,31 @@ def _run(config: SearchConfig, out: Path, resume: bool, progress: bool, factory:
         "search_seconds": round(state.elapsed, 2), "device": config.device,
         "version": __version__}
     policy = state.method.to_policy(state.history, provenance)
-    policy.save(out / "policy.yaml")
-    state.method.plots(state.history, policy, out)
+    state.method.plots(state.history, policy, run.path)
+    run.write("policy.yaml", policy.to_yaml())
     return policy
 
 
 def _epoch(state: SearchState, proxy: ProxySet, steps: int, bar: Any,
-           val_transform: Callable[[torch.Tensor], torch.Tensor] | None) -> dict[str, float]:
+           val_transform: Callable[[torch.Tensor], torch.Tensor] | None,
+           stop: StopSignals) -> dict[str, float]:
     config = state.config
     # One generator per epoch, seeded by (seed, epoch): a resumed run draws exactly what an
     # uninterrupted run draws from the next epoch on.
-    seed = config.seed * 1_000_003 + state.epoch
+    seed = derive_seed(config.seed, "search", "epoch", state.epoch)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout and other global draws inside the model
-    bs = config.batch_size
+    bs, vbs = config.batch_size, config.val_batch_size or config.batch_size
     order_a = torch.randperm(len(proxy.model_half), generator=gen)
     n_b = len(proxy.policy_half)
     order_b = torch.cat([torch.randperm(n_b, generator=gen)
-                         for _ in range(math.ceil(steps * bs / n_b) + 1)])
+                         for _ in range(math.ceil(steps * vbs / n_b) + 1)])
     ctx = state.context(gen)
     sums: dict[str, float] = {}
     state.model.train()
     for step in range(steps):
         idx_a = order_a[step * bs:(step + 1) * bs]
-        idx_b = order_b[step * bs:(step + 1) * bs]
+        idx_b = order_b[step * vbs:(step + 1) * vbs]
         xb = crop_flip(proxy.policy_half.images[idx_b], config, gen, policy_half=True)
         if val_transform is not None:
             xb = val_transform(xb)
@@ -324,10 +289,8 @@ def _epoch(state: SearchState, proxy: ProxySet, steps: int, bar: Any,
         bar.update(1)
         bar.set_postfix(epoch=state.epoch + 1, refresh=False,
                         **{k: f"{v:.3f}" for k, v in list(metrics.items())[:4]})
+        stop.raise_if_requested(f"stopped by a signal; the last completed epoch ({state.epoch}) "
+                                f"is saved in {CHECKPOINT_NAME}")
     averaged = {k: v / steps for k, v in sums.items()}
     averaged["lr"] = state.model_opt.param_groups[0]["lr"]
     return averaged
-
-
-def _write_history(out: Path, history: list[dict[str, Any]]) -> None:
-    _atomic_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
