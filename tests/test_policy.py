@@ -762,3 +762,13 @@ def test_show_prints_and_plots_every_format2_feature(tmp_path):
     assert "epochs 3-6: 1 layer" in result.output
     flat = CliRunner().invoke(main, ["show", str(tmp_path / "flat.yaml")]).output
     assert "Rotate           0.455       0.900  levels" in flat             # apply probability
+
+
+def test_readme_format2_example_is_valid():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [b.split("```")[0] for b in readme.split("```yaml\n")[1:]]
+    example = next(b for b in blocks if b.startswith("format: dra-policy/2\nops:"))
+    policy = Policy.from_dict(yaml.safe_load(example))
+    assert policy.gate == 0.35 and policy.depth == 2 and policy.fill == 0
+    assert policy.layers[0].magnitudes[0].random_sign is False
+    assert policy.layers[1].is_format1 and policy.format == "dra-policy/2"

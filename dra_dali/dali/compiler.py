@@ -28,7 +28,7 @@ import numpy as np
 from nvidia.dali import fn, types
 from nvidia.dali.data_node import DataNode
 
-from dra_dali.dali.draws import NEGLIGIBLE_PROBABILITY, draws
+from dra_dali.dali.draws import NEGLIGIBLE_PROBABILITY, LayerDraws, policy_draws
 from dra_dali.dali.operators import DALI_OPS
 from dra_dali.policy import Policy, PolicySample
 
@@ -43,17 +43,24 @@ class AugmentTrace:
         op: int32 index into ``policy.ops`` of the operator drawn in each layer.
         sign: int32 +1/-1 (always +1 for unsigned operators).
         magnitude: float32 clipped magnitude (0 for magnitude-free operators).
-        applied: uint8 1 where the layer's apply coin came up, else 0.
+        applied: uint8 1 where the operator ran (its apply coin and the gate came up), else 0.
+        level: int32 categorical magnitude level per layer, -1 where not categorical.
+        subpolicy: int32 scalar per sample: the sub-policy drawn (0 without sub-policies).
+        gate: uint8 scalar per sample: 1 where the image passed the gate (1 without a gate).
     """
 
     op: DataNode
     sign: DataNode
     magnitude: DataNode
     applied: DataNode
+    level: DataNode
+    subpolicy: DataNode
+    gate: DataNode
 
-    def outputs(self) -> tuple[DataNode, DataNode, DataNode, DataNode]:
-        """The four DataNodes in field order, to return from a pipeline definition."""
-        return self.op, self.sign, self.magnitude, self.applied
+    def outputs(self) -> tuple[DataNode, ...]:
+        """The seven DataNodes in field order, to return from a pipeline definition."""
+        return (self.op, self.sign, self.magnitude, self.applied, self.level, self.subpolicy,
+                self.gate)
 
 
 def _dispatch(names, lo: int, hi: int, branch, images, magnitude, sign, resolution: int):
@@ -69,17 +76,16 @@ def _dispatch(names, lo: int, hi: int, branch, images, magnitude, sign, resoluti
     return out
 
 
-def _apply_layer(images, policy: Policy, names, branch, magnitude, sign, applied):
+def _apply_layer(images, policy: Policy, layer: LayerDraws):
     """The conditional part of a layer: only applied samples reach the operator branches."""
-    sign_f = fn.cast(sign, dtype=types.FLOAT)
-    last = len(names) - 1
-    lo, hi = policy.apply_prob
-    if lo >= 1.0:
-        images = _dispatch(names, 0, last, branch, images, magnitude, sign_f, policy.resolution)
-    elif hi > 0.0:
-        if applied:
-            images = _dispatch(names, 0, last, branch, images, magnitude, sign_f,
-                               policy.resolution)
+    sign_f = fn.cast(layer.sign, dtype=types.FLOAT)
+    last = len(layer.names) - 1
+    args = (layer.names, 0, last, layer.branch)
+    if layer.coin == "always":
+        images = _dispatch(*args, images, layer.magnitude, sign_f, policy.resolution)
+    elif layer.coin == "random":
+        if layer.applied:
+            images = _dispatch(*args, images, layer.magnitude, sign_f, policy.resolution)
     return images
 
 
@@ -114,16 +120,14 @@ def augment(images: DataNode, policy: Policy, trace: bool = False, seed: int | N
     if not isinstance(policy, Policy):
         raise TypeError(f"augment: policy must be a dra_dali.Policy (Policy.load(path) or "
                         f"Policy.preset(name)), got {type(policy).__name__}")
-    columns = []
-    for j in range(policy.depth):
-        layer_seed = None if seed is None else seed * 1000 + 10 * j
-        names, branch, op_index, sign, magnitude, applied = draws(policy, j, layer_seed)
-        images = _apply_layer(images, policy, names, branch, magnitude, sign, applied)
-        columns.append((op_index, sign, magnitude, applied))
+    drawn = policy_draws(policy, seed)
+    for layer in drawn.layers:
+        images = _apply_layer(images, policy, layer)
     if not trace:
         return images
-    stacked = [fn.stack(*[c[f] for c in columns]) for f in range(4)]
-    return images, AugmentTrace(*stacked)
+    stacked = [fn.stack(*[getattr(layer, f) for layer in drawn.layers])
+               for f in ("op", "sign", "magnitude", "applied", "level")]
+    return images, AugmentTrace(*stacked, subpolicy=drawn.subpolicy, gate=drawn.gate)
 
 
 def apply_policy(policy: Policy, images: np.ndarray | Sequence[np.ndarray], seed: int = 0,
@@ -198,7 +202,7 @@ def apply_policy(policy: Policy, images: np.ndarray | Sequence[np.ndarray], seed
     pipe = _pipe()
     pipe.build()
     results: list[np.ndarray] = []
-    columns: list[list[np.ndarray]] = [[], [], [], []]
+    columns: list[list[np.ndarray]] = [[] for _ in range(7)]
     for start in range(0, len(items), batch):
         chunk = [np.ascontiguousarray(im) for im in items[start:start + batch]]
         pipe.feed_input("images", chunk)
@@ -207,14 +211,16 @@ def apply_policy(policy: Policy, images: np.ndarray | Sequence[np.ndarray], seed
             outputs = [o.as_cpu() for o in outputs]
         results.extend(np.array(o) for o in outputs[0])
         if trace:
-            for f in range(4):
+            for f in range(7):
                 columns[f].append(np.stack([np.array(x) for x in outputs[1 + f]]))
     del pipe
     shapes = {r.shape for r in results}
     out = np.stack(results) if len(shapes) == 1 else results
     if not trace:
         return out
-    op, sign, magnitude, applied = (np.concatenate(c) for c in columns)
+    op, sign, magnitude, applied, level, subpolicy, gate = (np.concatenate(c) for c in columns)
     sample = PolicySample(op=op.astype(np.int64), sign=sign.astype(np.int64),
-                          magnitude=magnitude.astype(np.float64), applied=applied.astype(bool))
+                          magnitude=magnitude.astype(np.float64), applied=applied.astype(bool),
+                          level=level.astype(np.int64), subpolicy=subpolicy.astype(np.int64),
+                          gate=gate.astype(bool))
     return out, sample
