@@ -72,15 +72,17 @@ def _config(job: Job) -> SearchConfig:
     return SearchConfig.from_dict(values)
 
 
-def transform(name: str, resolution: int = 32) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The validation-half transformation ``name`` (``None`` for the control)."""
+def transform(name: str, resolution: int = 32,
+              fill: int = 0) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The validation-half transformation ``name`` (``None`` for the control); geometric
+    operators fill with ``fill`` as the search's own operators do."""
     if name == CONTROL:
         return None
     op, level, _ = TRANSFORMS[name]
 
     def apply(x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        return apply_op(op, x, torch.full((n,), level), torch.ones(n), resolution)
+        return apply_op(op, x, torch.full((n,), level), torch.ones(n), resolution, fill=fill)
 
     return apply
 
@@ -106,7 +108,7 @@ def run_job(job: Job) -> list[dict[str, Any]]:
     torch.manual_seed(job.seed)
     out = Path(job.args["out"]) / f"{job.method}-{job.transform}-seed{job.seed}"
     config = _config(job)
-    run_search(config, out, progress=False, force=True, val_transform=transform(job.transform))
+    run_search(config, out, progress=False, force=True, val_transform=transform(job.transform, config.resolution, config.fill))
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     checked = list(TRANSFORMS) if job.transform == CONTROL else [job.transform]
     ops = list(config.ops)
