@@ -29,18 +29,18 @@ def main() -> None:
 @main.command()
 @click.argument("policy", type=_EXISTING_FILE)
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also save a picture of the policy (PNG/PDF/SVG): probability heat map and "
-                   "magnitude mean ± std per operator and layer.")
+              help="Also save a picture of the policy (PNG/PDF/SVG): operator and apply "
+                   "probabilities, magnitude distributions; for a schedule, over the epochs.")
 def show(policy: Path, plot: Path | None) -> None:
-    """Print a policy file as a table per layer (operator probability, magnitude mean and std)."""
-    from dra_dali.viz import plot_policy, policy_table
+    """Print a policy file: per layer (sub-policy, schedule entry) the operator probability,
+    apply probability and magnitude distribution."""
+    from dra_dali.viz import describe, plot_policy
 
     loaded = _load_policy(policy)
-    click.echo(f"{policy}: {loaded.depth} layers, {len(loaded.ops)} operators, resolution "
-               f"{loaded.resolution}, scale {loaded.scale}, fill {loaded.fill}")
+    click.echo(f"{policy}: {loaded.format}")
     if loaded.provenance:
         click.echo("provenance: " + ", ".join(f"{k}={v}" for k, v in loaded.provenance.items()))
-    click.echo(policy_table(loaded))
+    click.echo(describe(loaded))
     if plot is not None:
         click.echo(f"plot written to {plot_policy(loaded, plot)}")
 
@@ -216,6 +216,60 @@ def demo(out: Path, epochs: int | None, seed: int, force: bool) -> None:
     click.echo(result.report())
 
 
+@main.command()
+@click.option("--methods", default="dra,ddas,faster-aa,das,ra,ta",
+              help="Comma-separated: searched methods (dra, ddas, faster-aa, das) and presets "
+              "(ra = ra-n2-m9, ta = TrivialAugment, none).")
+@click.option("--data", default=None, help="Training image folder  [default: the embedded demo "
+              "dataset]")
+@click.option("--val-data", default=None, help="Validation image folder, same classes as --data.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Comparison folder; run again with the same --out to continue it.")
+@click.option("--seeds", default=1, type=click.IntRange(min=1), help="Seeds 0..N-1 per method.")
+@click.option("--search-epochs", default=4, type=click.IntRange(min=1), help="Search epochs of "
+              "every searched method.")
+@click.option("--epochs", default=6, type=click.IntRange(min=1), help="Training epochs of every "
+              "method.")
+@click.option("--recipe", default="demo", help="Search recipe every method shares (proxy set, "
+              "model, resolution).")
+@click.option("--proxy-images", type=click.IntRange(min=2), default=None,
+              help="Proxy images per class of every search  [default: the recipe's]")
+@click.option("--model", default="resnet-tiny", help="Model every policy trains.")
+@click.option("--pipeline", default="demo", help="Training pipeline recipe.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None,
+              help="Cap training steps per epoch (quick checks).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
+def compare(methods: str, data: str | None, val_data: str | None, out: Path, seeds: int,
+            search_epochs: int, epochs: int, recipe: str, proxy_images: int | None, model: str,
+            pipeline: str, max_steps: int | None, device: str) -> None:
+    """Search every method on the same proxy and retrain each with the same budget and seeds;
+    writes OUT/results.md (search seconds, train images/s, val top-1/top-5 mean ± spread),
+    OUT/compare.png and one folder per run. Rerun to continue an interrupted comparison."""
+    from dra_dali.compare import Budget, run_compare
+    from dra_dali.errors import DraDaliError
+    from dra_dali.search.searcher import SearchTerminated
+
+    budget = Budget(search_recipe=recipe, search_epochs=search_epochs,
+                    images_per_class=proxy_images, train_epochs=epochs, model=model,
+                    pipeline=pipeline, max_steps=max_steps, device=device)
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    try:
+        result = run_compare(names, out=out, data=data, val_data=val_data, seeds=seeds,
+                             budget=budget, log=lambda line: click.echo(line, err=True))
+    except DraDaliError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt as exc:
+        click.echo(f"\ninterrupted; finished runs are kept in {out}; run the same command "
+                   "again to continue", err=True)
+        terminated = isinstance(exc, SearchTerminated)
+        raise SystemExit(128 + (signal.SIGTERM if terminated else signal.SIGINT)) from None
+    if not result.finished:
+        click.echo(f"stopped; finished runs are kept in {out}; run the same command again to "
+                   "continue", err=True)
+        raise SystemExit(128 + signal.SIGTERM)
+    click.echo(f"{result.table()}\n\ntable: {out / 'results.md'}, plot: {out / 'compare.png'}")
+
+
 @main.command("compile")
 @click.argument("policy")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -265,24 +319,31 @@ def compile_command(policy: str, out: Path, device: str, data: str | None, recip
 @click.argument("data")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Decoding threads  [default: 2 per CPU core]")
-@click.option("--headers-only", is_flag=True, help="Only the fast header check that train and "
-              "search run before starting (no full decode).")
+@click.option("--decode/--headers-only", default=True,
+              help="Decode every image (JPEGs in libjpeg's strict mode, which also catches "
+                   "corrupt data decoders accept with a warning), or only the fast header check "
+                   "that train and search run before starting.")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None,
+              help="For a file list: the class count; labels must be below it.")
+@click.option("--allow-absolute-paths", is_flag=True,
+              help="For a file list: accept absolute paths and paths leaving the list's folder.")
 @click.option("--strict", is_flag=True, help="Exit non-zero on warnings too (CMYK, 16-bit, "
               "files the pipeline ignores).")
-def check_data_command(data: str, workers: int | None, headers_only: bool, strict: bool) -> None:
+def check_data_command(data: str, workers: int | None, decode: bool, num_classes: int | None,
+                       allow_absolute_paths: bool, strict: bool) -> None:
     """Decode every image of DATA (image folder or file list) in parallel and report, by path,
-    files that are empty, truncated, corrupt, not images, in a format DALI cannot decode (GIF),
-    misnamed (PNG/GIF renamed to .jpg) or that DALI handles with a caveat (CMYK, 16-bit, huge).
+    files that are empty, truncated, corrupt (also corrupt data a decoder would accept with only
+    a warning), not images, in a format DALI cannot decode (GIF, 12-bit JPEG), misnamed (PNG/GIF
+    renamed to .jpg) or that DALI handles with a caveat (CMYK, 16-bit, huge).
     Exit status 1 if any file has an error."""
     from tqdm import tqdm
 
     from dra_dali.data import DataError, check_data, scan_images
 
     try:
-        images = scan_images(data)
+        images = scan_images(data, num_classes=num_classes, allow_absolute=allow_absolute_paths)
         with tqdm(total=len(images), unit="img", disable=None, leave=False) as bar:
-            report = check_data(images, workers=workers, progress=bar.update,
-                                decode=not headers_only)
+            report = check_data(images, workers=workers, progress=bar.update, decode=decode)
     except DataError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(report.summary())

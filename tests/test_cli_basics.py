@@ -19,10 +19,11 @@ def test_preset_then_show_with_plot(tmp_path):
     result = runner.invoke(main, ["show", str(out), "--plot", str(plot)])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert "2 layers, 16 operators, resolution 224" in lines[0]
-    assert lines[3].split()[:2] == ["operator", "prob"]
-    first = lines[4].split()
-    assert first[0] == "Sharpness" and first[1:] == ["0.096", "0.404", "0.290"]
+    assert lines[0].endswith("p.yaml: dra-policy/1")
+    assert lines[2].startswith("2 layers, 16 operators, resolution 224, scale 1.0, fill 0")
+    assert lines[4].split() == ["operator", "prob", "apply", "magnitude"]
+    first = lines[5].split()
+    assert first == ["Sharpness", "0.096", "U(0.2,0.8)", "N(0.404,", "0.290)"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 20_000
 
 

@@ -137,3 +137,13 @@ def test_policy_body_chains_the_selected_transformations():
     empty = policy_body(("Rotate",), [], [0.5], [0.5], resolution=32, scale=1.0, fill=0)
     assert empty["ops"] == ["Identity"] and len(empty["layers"]) == 1
 
+
+
+def test_cifar_recipe_holds_the_supplement_settings():
+    from dra_dali.search import SearchConfig
+
+    cfg = SearchConfig.from_recipe("das-cifar10")
+    assert (cfg.method, cfg.model, cfg.batch_size, cfg.epochs) == ("das", "wrn-28-2", 96, 90)
+    assert cfg.effective_lr == pytest.approx(0.1) and (cfg.weight_decay, cfg.cutout) == (1e-4, 16)
+    assert (cfg.options.arch_lr, cfg.options.arch_weight_decay) == (3e-4, 1e-3)
+    assert len([o for o in cfg.ops if o != "Identity"]) == 14 and "Contrast" not in cfg.ops

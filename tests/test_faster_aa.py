@@ -150,3 +150,17 @@ def test_feature_tap_feeds_the_discriminator_head_the_classifier_features():
     with pytest.raises(ValueError, match="nn.Linear"):
         FeatureTap(nn.Sequential(nn.Conv2d(3, 3, 1)))
 
+
+
+def test_cifar_recipe_holds_the_authors_settings():
+    from dra_dali.ops import PAPER_OPS
+    from dra_dali.search import SearchConfig
+
+    cfg = SearchConfig.from_recipe("faster-aa-cifar10")
+    opts = cfg.options
+    assert (cfg.method, cfg.model, cfg.proxy_classes * cfg.images_per_class) == \
+        ("faster-aa", "wrn-40-2", 4000)
+    assert (cfg.epochs, cfg.batch_size, cfg.ops) == (20, 128, PAPER_OPS)
+    assert (opts.sub_policies, opts.stages, opts.temperature, opts.chunks) == (10, 2, 0.05, 8)
+    assert (opts.cls_factor, opts.gp_factor, opts.policy_lr, opts.critic_lr) == \
+        (0.1, 10.0, 1e-3, 1e-3)

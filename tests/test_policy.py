@@ -90,7 +90,8 @@ INVALID = [
      "layers: at most 32 layers, got 33"),
     (("scale",), float("inf"), "scale: must be finite"),
     (("scale",), 11.0, "scale: must be > 0 and <= 10"),
-    (("resolution",), 10**6, "resolution: expected a positive integer .* up to 16384"),
+    (("resolution",), 10**6,
+     r"resolution: expected a positive integer \(pixels\) in \[1, 16384\], got 1000000"),
     (("layers", 0, "mean", 2), float("nan"), r"layers\[0\].mean\[2\]: must be finite"),
     (("layers", 0, "logits", 0), float("inf"), r"layers\[0\].logits\[0\]: must be finite"),
     (("layers", 0, "std", 0), "0.1", r"layers\[0\].std\[0\]: expected a number, got str"),
@@ -108,7 +109,7 @@ INVALID = [
     (("scale",), "big", "scale: expected a number"),
     (("resolution",), 0, "resolution: expected a positive integer"),
     (("resolution",), 22.5, "resolution: expected a positive integer"),
-    (("format",), "dra-policy/2", "format: expected 'dra-policy/1'"),
+    (("format",), "dra-policy/3", "format: expected 'dra-policy/1' or 'dra-policy/2', got 'dra-"),
     (("magnitude",), 9, r"unknown field\(s\) \['magnitude'\]"),
     (("provenance",), [1, 2], "provenance: expected a mapping"),
     (("fill",), 256, r"fill: expected an integer grey level in \[0, 255\], got 256"),
@@ -244,9 +245,9 @@ def test_paper_presets_equal_the_reference_numbers():
     for key, entry in reference["policies"].items():
         policy = Policy.preset(f"dra-{key}")
         assert policy.ops == tuple(reference["ops"])
-        assert [list(l.logits) for l in policy.layers] == entry["W"]
-        assert [list(l.mean) for l in policy.layers] == entry["MEAN"]
-        assert [list(l.std) for l in policy.layers] == entry["STD"]
+        assert [list(layer.logits) for layer in policy.layers] == entry["W"]
+        assert [list(layer.mean) for layer in policy.layers] == entry["MEAN"]
+        assert [list(layer.std) for layer in policy.layers] == entry["STD"]
         assert policy.scale == entry["scale"] and policy.resolution == entry["resolution"]
         assert policy.apply_prob == tuple(reference["apply_prob_range"])
         assert policy.provenance["method"] == "dra" and "Xiao" in policy.provenance["source"]
@@ -346,7 +347,8 @@ def test_sampler_operator_frequencies_chi_square():
         expected = policy.probabilities[j] * N
         assert counts[9] == 0
         keep = expected > 0.5
-        _, p = stats.chisquare(counts[keep], expected[keep] * counts[keep].sum() / expected[keep].sum())
+        expected = expected[keep] * counts[keep].sum() / expected[keep].sum()
+        _, p = stats.chisquare(counts[keep], expected)
         assert p > 1e-3
 
 
@@ -391,7 +393,8 @@ def test_sampler_uniform_layers_and_determinism():
     ta = Policy.preset("ta")
     first, second = ta.sample(20_000, seed=5), ta.sample(20_000, seed=5)
     assert np.array_equal(first.magnitude, second.magnitude)
-    free = np.isin(first.op[:, 0], [PAPER_OPS.index(n) for n in ("Equalize", "AutoContrast", "Invert")])
+    free_ops = [PAPER_OPS.index(n) for n in ("Equalize", "AutoContrast", "Invert")]
+    free = np.isin(first.op[:, 0], free_ops)
     _, p = stats.kstest(first.magnitude[~free, 0], stats.uniform(0, 1).cdf)
     assert p > 1e-3
     assert not np.array_equal(first.op, ta.sample(20_000, seed=6).op)
@@ -402,3 +405,360 @@ def test_sampler_respects_op_subsets():
     draws = policy.sample(2000, seed=0)
     assert set(np.unique(draws.op)) == {0, 1}
     assert np.all(draws.magnitude[draws.op == 0] == 1.5)  # clipped at scale
+
+
+# ----- presets at any resolution ---------------------------------------------------------------
+def test_preset_at_a_resolution_moves_only_the_translate_range():
+    from dra_dali.ops import parameter
+
+    base = Policy.preset("dra-imagenet-resnet-50")
+    small = Policy.preset("dra-imagenet-resnet-50", resolution=32)
+    assert small.resolution == 32 and base.resolution == 224
+    assert small.layers == base.layers and small.fill == base.fill == 0
+    assert small.sha256() != base.sha256()
+    assert parameter("TranslateX", 1.0, resolution=small.resolution) == 10.0      # not 100 px
+    assert base.with_resolution(32) == small
+    with pytest.raises(PolicyError, match=r"resolution: expected a positive integer"):
+        Policy.preset("ta", resolution=0)
+
+
+# ----- format 2 --------------------------------------------------------------------------------
+OPS4 = ["Rotate", "Brightness", "Invert", "Identity"]
+
+
+def _layer2(**changes) -> dict:
+    layer = {"logits": [1.0, 0.5, 0.0, -0.5],
+             "op_apply_prob": [0.9, 0.5, 0.3, 1.0],
+             "magnitude": [{"dist": "categorical", "levels": [0.1, 0.5, 0.9],
+                            "probs": [0.2, 0.3, 0.5]},
+                           {"dist": "normal", "mean": 0.4, "std": 0.1},
+                           {"dist": "uniform"},
+                           {"dist": "normal", "mean": 0.0, "std": 0.0}]}
+    return {**layer, **changes}
+
+
+def _format2(**changes) -> dict:
+    return {"format": "dra-policy/2", "ops": OPS4, "resolution": 32, "scale": 1.0, "fill": 0,
+            "gate": 0.35, "layers": [_layer2(), _layer2(op_apply_prob=None)], **changes}
+
+
+def _schedule() -> dict:
+    first = {k: v for k, v in _format2().items() if k != "format"}
+    second = {**first, "gate": 0.8, "layers": [_layer2(logits=[0.0, 0.0, 3.0, 0.0])]}
+    mixture = {**first, "layers": None}
+    del mixture["layers"]
+    mixture["subpolicies"] = [{"weight": 0.25, "layers": [_layer2()]},
+                              {"weight": 0.75, "layers": [_layer2(logits=[0, 0, 0, 9.0])]}]
+    return {"format": "dra-policy/2", "provenance": {"method": "ddas"},
+            "schedule": [{"start_epoch": 0, "policy": first}, {"start_epoch": 3, "policy": second},
+                         {"start_epoch": 7, "policy": mixture}]}
+
+
+def test_format2_example_loads_and_round_trips(tmp_path):
+    policy = Policy.from_dict(_format2())
+    assert policy.format == "dra-policy/2" and policy.gate == 0.35 and policy.fill == 0
+    first = policy.layers[0]
+    assert first.op_apply_prob == (0.9, 0.5, 0.3, 1.0) and policy.layers[1].op_apply_prob is None
+    assert first.magnitudes[0].levels == (0.1, 0.5, 0.9) and first.magnitudes[2].dist == "uniform"
+    assert Policy.load(policy.save(tmp_path / "p.yaml")) == policy
+    text = policy.to_yaml()
+    assert "- {dist: categorical, levels: [0.1, 0.5, 0.9], probs: [0.2, 0.3, 0.5]}" in text
+    with pytest.raises(PolicyError, match="policy.mean / policy.std"):
+        _ = policy.mean
+
+
+def test_v1_policies_are_still_written_as_v1():
+    data = Policy.preset("dra-cifar10-wrn-28-10").to_dict()
+    assert data["format"] == "dra-policy/1" and "gate" not in data
+    assert Policy.from_dict({**data, "format": "dra-policy/2"}).sha256() == \
+        Policy.from_dict(data).sha256()
+
+
+def test_schedule_at_epoch_and_boundaries(tmp_path):
+    policy = Policy.from_dict(_schedule())
+    assert policy.kind == "schedule" and policy.schedule_boundaries == (3, 7)
+    assert [policy.at_epoch(e).gate for e in (0, 2, 3, 6)] == [0.35, 0.35, 0.8, 0.8]
+    assert policy.at_epoch(7).kind == "subpolicies" and policy.at_epoch(500).kind == "subpolicies"
+    assert policy.at_epoch(3).provenance == {"method": "ddas", "schedule_start_epoch": 3}
+    assert policy.at_epoch(0).depth == 2 and policy.at_epoch(3).depth == 1
+    assert Policy.load(policy.save(tmp_path / "s.yaml")) == policy
+    assert Policy.preset("ta").at_epoch(5) == Policy.preset("ta")
+    assert Policy.preset("ta").schedule_boundaries == ()
+    assert policy.with_resolution(64).at_epoch(8).resolution == 64
+    with pytest.raises(PolicyError, match=r"depth: this policy has a schedule .*at_epoch"):
+        _ = policy.depth
+    with pytest.raises(PolicyError, match="epoch: expected an integer >= 0, got -1"):
+        policy.at_epoch(-1)
+
+
+def _set(data, path, value):
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    if value is _DELETE:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return data
+
+
+INVALID2 = [
+    (("gate",), 1.5, r"gate: must lie in \[0, 1\], got 1.5"),
+    (("gate",), "half", "gate: expected a number, got str"),
+    (("layers", 0, "op_apply_prob"), [0.5] * 3, r"layers\[0\].op_apply_prob: expected 4 numbers"),
+    (("layers", 1, "op_apply_prob"), [0.5, 2, 0, 0],
+     r"layers\[1\].op_apply_prob\[1\]: must lie in \[0, 1\], got 2"),
+    (("layers", 0, "mean"), [0.5] * 4, r"layers\[0\].magnitude: replaces \['mean'\]"),
+    (("layers", 0, "magnitude"), [{"dist": "normal", "mean": 0.5, "std": 0.1}] * 3,
+     r"layers\[0\].magnitude: expected 4 magnitude distributions"),
+    (("layers", 0, "magnitude", 1, "dist"), "beta",
+     r"layers\[0\].magnitude\[1\].dist: expected one of \('normal', 'uniform', 'categorical'\)"),
+    (("layers", 0, "magnitude", 1, "std"), _DELETE, r"layers\[0\].magnitude\[1\].std: missing"),
+    (("layers", 0, "magnitude", 1, "std"), 1e300,
+     r"layers\[0\].magnitude\[1\].std: must lie in \[0, 100\]"),
+    (("layers", 0, "magnitude", 2, "mean"), 0.5,
+     r"layers\[0\].magnitude\[2\]: unknown field\(s\) \['mean'\]"),
+    (("layers", 0, "magnitude", 0, "probs"), [0.2, 0.3, 0.4],
+     r"layers\[0\].magnitude\[0\].probs: must sum to 1, got 0.9"),
+    (("layers", 0, "magnitude", 0, "probs"), [0.5, 0.5],
+     r"layers\[0\].magnitude\[0\].probs: expected 3 probabilities \(one per level\), got 2"),
+    (("layers", 0, "magnitude", 0, "levels"), [0.1, 0.5, 1.5],
+     r"layers\[0\].magnitude\[0\].levels\[2\]: must lie in \[0, 1\], got 1.5"),
+    (("layers", 0, "magnitude", 0, "levels"), [],
+     r"layers\[0\].magnitude\[0\].levels: expected 1 to 64 magnitudes, got 0"),
+    (("layers", 0, "magnitude", 3, "random_sign"), "no",
+     r"layers\[0\].magnitude\[3\].random_sign: expected true or false, got 'no'"),
+    (("subpolicies",), [], "subpolicies: give either layers or subpolicies, not both"),
+    (("format",), "dra-policy/1",
+     r"unknown field\(s\) \['gate'\].*\(format-2 keys: write format: dra-policy/2\)"),
+]
+
+
+@pytest.mark.parametrize("path,value,message", INVALID2, ids=[m for _, _, m in INVALID2])
+def test_invalid_format2_fields_are_named(path, value, message):
+    with pytest.raises(PolicyError, match=message):
+        Policy.from_dict(_set(_format2(), path, value))
+
+
+def _mixture(**changes) -> dict:
+    data = _format2()
+    del data["layers"]
+    data["subpolicies"] = [{"weight": 1.0, "layers": [_layer2()]},
+                           {"weight": 3.0, "layers": [_layer2(logits=[0, 0, 0, 5.0])]}]
+    return {**data, **changes}
+
+
+INVALID_MIXTURE = [
+    (("subpolicies", 1, "weight"), -1, r"subpolicies\[1\].weight: must lie in \[0, 1e\+09\]"),
+    (("subpolicies", 1, "layers"), [_layer2(), _layer2()],
+     r"subpolicies\[1\].layers: expected 1 layers like subpolicies\[0\] .*pad with Identity"),
+    (("subpolicies", 0, "prob"), 1, r"subpolicies\[0\]: unknown field\(s\) \['prob'\]"),
+    (("subpolicies", 0, "layers", 0, "logits"), [1, 2],
+     r"subpolicies\[0\].layers\[0\].logits: expected 4 numbers"),
+    (("subpolicies",), [{"weight": 0, "layers": [_layer2()]}],
+     "subpolicies: the weights must not all be 0"),
+]
+
+
+@pytest.mark.parametrize("path,value,message", INVALID_MIXTURE,
+                         ids=[m for _, _, m in INVALID_MIXTURE])
+def test_invalid_subpolicies_are_named(path, value, message):
+    with pytest.raises(PolicyError, match=message):
+        Policy.from_dict(_set(_mixture(), path, value))
+
+
+INVALID_SCHEDULE = [
+    (("schedule", 0, "start_epoch"), 1,
+     r"schedule\[0\].start_epoch: the first entry must start at epoch 0, got 1"),
+    (("schedule", 2, "start_epoch"), 3,
+     r"schedule\[2\].start_epoch: must be greater than schedule\[1\].start_epoch \(3\), got 3"),
+    (("schedule", 1, "start_epoch"), -2, r"schedule\[1\].start_epoch: expected an epoch"),
+    (("schedule", 1, "policy", "schedule"), [],
+     r"schedule\[1\].policy: unknown field\(s\) \['schedule'\]"),
+    (("schedule", 1, "policy", "gate"), 2, r"schedule\[1\].policy.gate: must lie in \[0, 1\]"),
+    (("schedule", 2, "policy", "subpolicies", 0, "layers", 0, "magnitude", 0, "probs"), [1, 1, 1],
+     r"schedule\[2\].policy.subpolicies\[0\].layers\[0\].magnitude\[0\].probs: must sum to 1"),
+    (("layers",), [], r"layers: not allowed beside 'schedule'"),
+    (("schedule",), [], "schedule: expected a non-empty list"),
+]
+
+
+@pytest.mark.parametrize("path,value,message", INVALID_SCHEDULE,
+                         ids=[m for _, _, m in INVALID_SCHEDULE])
+def test_invalid_schedules_are_named(path, value, message):
+    with pytest.raises(PolicyError, match=message):
+        Policy.from_dict(_set(_schedule(), path, value))
+
+
+# ----- format 2 round trip (fuzzed) -------------------------------------------------------------
+@st.composite
+def magnitudes(draw, scale):
+    from dra_dali.policy import Magnitude
+
+    kind = draw(st.sampled_from(["normal", "uniform", "categorical"]))
+    sign = draw(st.booleans())
+    if kind == "normal":
+        return Magnitude("normal", draw(_positive), draw(_positive), random_sign=sign)
+    if kind == "uniform":
+        return Magnitude("uniform", random_sign=sign)
+    levels = draw(st.lists(st.floats(0, scale), min_size=1, max_size=5))
+    weights = np.array(draw(st.lists(st.floats(0.01, 1), min_size=len(levels),
+                                     max_size=len(levels))))
+    probs = [float(p) for p in weights / weights.sum()]
+    return Magnitude("categorical", levels=tuple(levels), probs=tuple(probs), random_sign=sign)
+
+
+@st.composite
+def layers2(draw, n, scale):
+    logits = tuple(draw(st.lists(_finite, min_size=n, max_size=n)))
+    op_apply = draw(st.none() | st.lists(st.floats(0, 1), min_size=n, max_size=n).map(tuple))
+    if draw(st.booleans()):
+        return Layer(logits, op_apply_prob=op_apply,
+                     magnitude=tuple(draw(magnitudes(scale)) for _ in range(n)))
+    return Layer(logits, tuple(draw(st.lists(_positive, min_size=n, max_size=n))),
+                 tuple(draw(st.lists(_positive, min_size=n, max_size=n))),
+                 draw(st.sampled_from(["normal", "uniform"])), op_apply_prob=op_apply)
+
+
+@st.composite
+def flat_policies2(draw):
+    from dra_dali.policy import SubPolicy
+
+    ops = tuple(draw(st.lists(st.sampled_from(OP_NAMES), min_size=1, max_size=6, unique=True)))
+    scale = draw(st.floats(0.01, 3.0))
+    depth = draw(st.integers(1, 3))
+    chains = [tuple(draw(layers2(len(ops), scale)) for _ in range(depth))
+              for _ in range(draw(st.integers(1, 3)))]
+    gate = draw(st.none() | st.floats(0, 1))
+    common = dict(scale=scale, gate=gate, fill=draw(st.integers(0, 255)),
+                  resolution=draw(st.integers(8, 1024)))
+    if len(chains) == 1:
+        return Policy(ops, chains[0], **common)
+    weights = draw(st.lists(st.floats(0.1, 10), min_size=len(chains), max_size=len(chains)))
+    return Policy(ops, subpolicies=tuple(SubPolicy(w, c) for w, c in zip(weights, chains)),
+                  **common)
+
+
+@st.composite
+def policies2(draw):
+    from dra_dali.policy import ScheduleEntry
+
+    if draw(st.booleans()):
+        return draw(flat_policies2())
+    starts = sorted(draw(st.sets(st.integers(1, 50), max_size=3)))
+    entries = [ScheduleEntry(s, draw(flat_policies2())) for s in [0, *starts]]
+    return Policy(schedule=tuple(entries), provenance={"method": "fuzz"})
+
+
+@settings(max_examples=60, deadline=None)
+@given(policies2())
+def test_format2_round_trip_fuzzed(tmp_path_factory, policy):
+    path = tmp_path_factory.mktemp("fuzz2") / "p.yaml"
+    policy.save(path)
+    loaded = Policy.load(path)
+    assert loaded == policy and loaded.sha256() == policy.sha256()
+    assert Policy.from_dict(yaml.safe_load(policy.to_yaml())) == policy
+
+
+# ----- format 2: the reference sampler ---------------------------------------------------------
+N2 = 30_000
+
+
+def _joint_expected(policy: Policy, j: int, n: int) -> dict:
+    """Expected counts of (operator, level) cells in layer j (level -1: not categorical)."""
+    cells = {}
+    for i, (p, m) in enumerate(zip(policy.layers[j].probabilities, policy.layers[j].magnitudes)):
+        if m.dist == "categorical" and not OPS[policy.ops[i]].magnitude_free:
+            for level, q in enumerate(np.asarray(m.probs) / sum(m.probs)):
+                cells[(i, level)] = n * p * q
+        else:
+            cells[(i, -1)] = n * p
+    return cells
+
+
+def _cell_counts(draws, j: int, cells) -> np.ndarray:
+    return np.array([np.sum((draws.op[:, j] == i) & (draws.level[:, j] == lv)) for i, lv in cells])
+
+
+def test_sampler_operator_by_level_chi_square():
+    policy = Policy.from_dict(_format2())
+    draws = policy.sample(N2, seed=21)
+    cells = _joint_expected(policy, 0, N2)
+    counts = _cell_counts(draws, 0, cells)
+    assert stats.chisquare(counts, list(cells.values())).pvalue > 1e-3
+    levels = np.array([0.1, 0.5, 0.9])
+    chosen = (draws.op[:, 0] == 0)
+    assert np.allclose(draws.magnitude[chosen, 0], levels[draws.level[chosen, 0]])
+    # power: the same counts reject the levels' probabilities reversed
+    wrong = Policy.from_dict(_set(_format2(), ("layers", 0, "magnitude", 0, "probs"),
+                                  [0.5, 0.3, 0.2]))
+    assert stats.chisquare(counts, list(_joint_expected(wrong, 0, N2).values())).pvalue < 1e-6
+
+
+def test_sampler_gate_and_per_operator_apply_rates():
+    policy = Policy.from_dict(_format2())
+    draws = policy.sample(N2, seed=22)
+    assert stats.binomtest(int(draws.gate.sum()), N2, 0.35).pvalue > 1e-3
+    assert not draws.applied[~draws.gate].any()                     # gate closed: untouched
+    for i, q in enumerate(policy.layers[0].op_apply_prob):
+        rows = draws.op[:, 0] == i
+        hits = int(draws.applied[rows, 0].sum())
+        assert stats.binomtest(hits, int(rows.sum()), 0.35 * q).pvalue > 1e-3, OPS4[i]
+        assert stats.binomtest(hits, int(rows.sum()), q).pvalue < 1e-6    # power: no gate
+    lo, hi = policy.apply_prob                                      # layer 1: the U(lo, hi) coin
+    rate = draws.applied[draws.gate, 1].mean()
+    assert abs(rate - (lo + hi) / 2) < 4 * np.sqrt(0.25 / draws.gate.sum())
+
+
+def test_sampler_random_sign_false_and_free_operators():
+    data = _set(_format2(), ("layers", 0, "magnitude", 0, "random_sign"), False)
+    draws = Policy.from_dict(data).sample(N2, seed=23)
+    assert np.all(draws.sign[draws.op[:, 0] == 0, 0] == 1)         # Rotate, fixed sign
+    rotate_1 = draws.sign[draws.op[:, 1] == 0, 1]                   # layer 1: still random
+    assert stats.binomtest(int((rotate_1 == -1).sum()), len(rotate_1), 0.5).pvalue > 1e-3
+    for free in ("Invert", "Identity"):
+        rows = draws.op == OPS4.index(free)
+        assert np.all(draws.magnitude[rows] == 0) and np.all(draws.level[rows] == -1)
+
+
+def test_sampler_subpolicy_frequencies_and_conditional_choice():
+    policy = Policy.from_dict(_mixture(gate=None))
+    draws = policy.sample(N2, seed=24)
+    counts = np.bincount(draws.subpolicy, minlength=2)
+    assert stats.chisquare(counts, [N2 / 4, 3 * N2 / 4]).pvalue > 1e-3
+    assert stats.chisquare(counts, [N2 / 2, N2 / 2]).pvalue < 1e-6          # power
+    for k, sub in enumerate(policy.subpolicies):
+        ops = np.bincount(draws.op[draws.subpolicy == k, 0], minlength=4)
+        expected = sub.layers[0].probabilities * counts[k]
+        keep = expected > 5
+        fit = stats.chisquare(ops[keep], expected[keep] * ops[keep].sum() / expected[keep].sum())
+        assert fit.pvalue > 1e-3, k
+    assert draws.gate.all()
+    assert np.allclose(policy.probabilities[0], 0.25 * policy.subpolicies[0].layers[0].probabilities
+                       + 0.75 * policy.subpolicies[1].layers[0].probabilities)
+
+
+def test_sampler_refuses_a_schedule():
+    with pytest.raises(PolicyError, match=r"this policy has a schedule"):
+        Policy.from_dict(_schedule()).sample(10)
+    assert Policy.from_dict(_schedule()).at_epoch(8).sample(10).subpolicy.shape == (10,)
+
+
+def test_show_prints_and_plots_every_format2_feature(tmp_path):
+    from click.testing import CliRunner
+
+    from dra_dali.cli import main
+
+    for name, data in (("flat", _format2()), ("mixture", _mixture()), ("schedule", _schedule())):
+        file = Policy.from_dict(data).save(tmp_path / f"{name}.yaml")
+        plot = tmp_path / f"{name}.png"
+        result = CliRunner().invoke(main, ["show", str(file), "--plot", str(plot)])
+        assert result.exit_code == 0, result.output
+        assert "dra-policy/2" in result.output and "gate 0.35" in result.output
+        assert "levels 0.1:0.20 0.5:0.30 0.9:0.50" in result.output
+        assert plot.stat().st_size > 10_000
+    assert "sub-policy 2 (probability 0.750)" in result.output
+    assert "the active policy changes at epochs [3, 7]" in result.output
+    assert "epochs 3-6: 1 layer" in result.output
+    flat = CliRunner().invoke(main, ["show", str(tmp_path / "flat.yaml")]).output
+    assert "Rotate           0.455       0.900  levels" in flat             # apply probability

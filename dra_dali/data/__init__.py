@@ -1,13 +1,25 @@
-"""Data: image-folder / file-list scanning and the embedded demo dataset."""
+"""Data: image-folder / file-list scanning, the acceptance rules search and train share, data
+checks, and the embedded demo dataset."""
 
-from dra_dali.data.checks import DataReport, Problem, check_data, check_headers
-from dra_dali.data.embedded import (
-           EMBEDDED_CLASSES,
-           EmbeddedDataset,
-           default_cache_dir,
-           embedded_dataset,
+from dra_dali.data.accept import (
+    EXCLUDED_FILE,
+    Accepted,
+    accept_images,
+    check_headers,
+    decode_rgb,
+    name_culprits,
+    recheck_changed,
 )
-from dra_dali.data.scan import IMAGE_EXTENSIONS, DataError, ImageList, scan_images
+from dra_dali.data.checks import DataReport, Problem, check_data
+from dra_dali.data.embedded import (
+    EMBEDDED_CLASSES,
+    EmbeddedDataset,
+    default_cache_dir,
+    embedded_dataset,
+)
+from dra_dali.data.scan import IMAGE_EXTENSIONS, MAX_CLASSES, DataError, ImageList, scan_images
 
-__all__ = ["DataReport", "Problem", "check_data", "check_headers", "DataError", "EMBEDDED_CLASSES", "EmbeddedDataset", "IMAGE_EXTENSIONS", "ImageList",
+__all__ = ["Accepted", "DataReport", "Problem", "accept_images", "check_data", "check_headers",
+           "decode_rgb", "name_culprits", "recheck_changed", "DataError", "EMBEDDED_CLASSES",
+           "EXCLUDED_FILE", "EmbeddedDataset", "IMAGE_EXTENSIONS", "ImageList", "MAX_CLASSES",
            "default_cache_dir", "embedded_dataset", "scan_images"]

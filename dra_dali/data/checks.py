@@ -2,13 +2,17 @@
 
 Two levels:
 
-* :func:`check_headers` - fast (reads a few KiB per file): empty files, unknown content, formats
-  DALI cannot decode (GIF), content that does not match the extension (a PNG or GIF renamed to
-  ``.jpg``), CMYK / 12-bit JPEGs, 16-bit PNGs, huge dimensions, a missing end marker (truncated).
-  Train and search call it before starting and it raises :class:`DataError` naming every bad path,
-  so DALI never dies mid-epoch on a file without saying which.
-* :func:`check_data` - everything above plus a full decode of every file (Pillow, in parallel
-  threads), which also finds corrupt and truncated image data. ``dra-dali check-data`` runs it.
+* headers only (reads a few KiB per file): empty files, unknown content, formats DALI cannot
+  decode (GIF), content that does not match the extension (a PNG or GIF renamed to ``.jpg``),
+  CMYK / 12-bit JPEGs, 16-bit PNGs, huge dimensions, a missing end marker (truncated). Train and
+  search run it before starting through :mod:`dra_dali.data.accept`, which refuses the files
+  DALI cannot decode (naming every path) so DALI never dies mid-epoch on a file without saying
+  which.
+* :func:`check_data` - everything above plus a full decode of every file (in parallel threads),
+  which also finds corrupt and truncated image data. JPEGs are decoded in libjpeg-turbo's strict
+  mode (``simplejpeg``), so data that decoders accept with only a "Corrupt JPEG data" warning on
+  stderr (and turn into garbage pixels) is reported too; other formats are decoded by Pillow.
+  ``dra-dali check-data`` runs it.
 
 Example:
     >>> from dra_dali.data import embedded_dataset
@@ -27,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
-from dra_dali.data.scan import IMAGE_EXTENSIONS, DataError, ImageList, scan_images
+from dra_dali.data.scan import IMAGE_EXTENSIONS, ImageList, scan_images
 
-__all__ = ["Problem", "DataReport", "check_data", "check_headers", "check_file", "sniff_format",
+__all__ = ["Problem", "DataReport", "check_data", "check_file", "check_files", "sniff_format",
            "MAX_PIXELS", "BLOCKING"]
 
 #: Images with more pixels than this are reported as huge (decoding them needs gigabytes and
@@ -43,7 +47,7 @@ _EXTENSIONS = {"jpeg": {".jpg", ".jpeg"}, "png": {".png"}, "bmp": {".bmp"},
                "gif": {".gif"}}
 #: Kinds of finding that make DALI fail on the file; check_headers refuses to start on these.
 BLOCKING = frozenset({"empty", "truncated", "corrupt", "not-an-image", "unsupported-format",
-                      "huge", "unreadable"})
+                      "unsupported-depth", "huge", "unreadable"})
 _HEADER_BYTES = 1 << 16
 _TAIL_BYTES = 4096
 
@@ -55,7 +59,9 @@ class Problem:
     Attributes:
         path: the file.
         kind: ``empty``, ``truncated``, ``corrupt``, ``not-an-image``, ``unsupported-format``,
-            ``wrong-extension``, ``cmyk``, ``high-bit-depth``, ``huge``, ``unreadable`` or
+            ``unsupported-depth`` (a 12-bit JPEG), ``wrong-extension``, ``cmyk``,
+            ``high-bit-depth`` (a 16-bit PNG), ``huge``, ``unreadable``, ``changed`` (a file
+            replaced since the pre-check, see :mod:`dra_dali.data.accept`) or
             ``ignored`` (a file in a class folder that the pipeline does not read).
         message: what is wrong and what to do about it.
         severity: ``error`` (DALI would fail on it, or it would be read as something it is not)
@@ -154,59 +160,84 @@ def _jpeg_frame(head: bytes) -> tuple[int, int, int, int] | None:
     return None
 
 
-def _header_problems(path: Path, head: bytes, tail: bytes, size: int) -> list[Problem]:
+def _jpeg_problems(path: Path, head: bytes, tail: bytes) -> tuple[list[Problem], tuple | None]:
+    problems = []
+    frame = _jpeg_frame(head)
+    size = None
+    if frame is not None:
+        precision, height, width, components = frame
+        size = (width, height)
+        if components == 4:
+            # A warning, not an error: DALI 2.4's CPU decoder converts it to RGB (checked
+            # here), but GPU decoding and Adobe-inverted CMYK vary by version and file.
+            problems.append(Problem(path, "cmyk",
+                                    "CMYK/YCCK JPEG: DALI's CPU decoder converts it to RGB, "
+                                    "GPU decoding may fall back to the CPU or give wrong "
+                                    "colours; converting it to an RGB JPEG is safest",
+                                    severity="warning"))
+        if precision != 8:
+            problems.append(Problem(path, "unsupported-depth",
+                                    f"{precision}-bit JPEG: DALI decodes 8-bit JPEGs only (it "
+                                    f"would fail mid-epoch); re-encode it as 8-bit"))
+    if b"\xff\xd9" not in tail:
+        problems.append(Problem(path, "truncated",
+                                "no JPEG end-of-image marker: the file was cut short "
+                                "(incomplete download or copy); re-fetch it"))
+    return problems, size
+
+
+def _png_problems(path: Path, head: bytes, tail: bytes) -> tuple[list[Problem], tuple | None]:
+    if len(head) < 26:
+        return [], None
+    problems = []
+    width, height, depth = struct.unpack(">IIB", head[16:25])
+    if depth == 16:
+        problems.append(Problem(path, "high-bit-depth",
+                                "16-bit PNG: the uint8 pipeline scales it to 8 bits "
+                                "(round(v / 257)); convert it to 8 bits to control how",
+                                severity="warning"))
+    if b"IEND" not in tail:
+        problems.append(Problem(path, "truncated",
+                                "no PNG IEND chunk: the file was cut short; re-fetch it"))
+    return problems, (width, height)
+
+
+def _format_problems(path: Path, head: bytes, size: int) -> tuple[str | None, list[Problem]]:
+    """The sniffed format and the findings that stop any further check of the file."""
     if size == 0:
-        return [Problem(path, "empty", "the file is empty (0 bytes); delete or re-export it")]
+        return None, [Problem(path, "empty", "the file is empty (0 bytes); delete or re-export "
+                                             "it")]
     fmt = sniff_format(head)
     suffix = path.suffix.lower()
     if fmt is None:
-        return [Problem(path, "not-an-image", f"the content is not a known image format (first "
-                                              f"bytes {head[:8]!r}); remove it from the data")]
+        return None, [Problem(path, "not-an-image", f"the content is not a known image format "
+                                                    f"(first bytes {head[:8]!r}); remove it from "
+                                                    f"the data")]
     if fmt not in _SUPPORTED:
         renamed = f" (named {suffix})" if suffix not in _EXTENSIONS.get(fmt, ()) else ""
-        return [Problem(path, "unsupported-format",
-                        f"{fmt.upper()} image{renamed}: DALI cannot decode {fmt.upper()}; convert "
-                        f"it to PNG or JPEG")]
+        return fmt, [Problem(path, "unsupported-format",
+                             f"{fmt.upper()} image{renamed}: DALI cannot decode {fmt.upper()}; "
+                             f"convert it to PNG or JPEG")]
+    return fmt, []
+
+
+def _header_problems(path: Path, head: bytes, tail: bytes, size: int) -> list[Problem]:
+    fmt, fatal = _format_problems(path, head, size)
+    if fatal or fmt is None:
+        return fatal
     problems = []
+    suffix = path.suffix.lower()
     if suffix not in _EXTENSIONS[fmt]:
         problems.append(Problem(path, "wrong-extension",
                                 f"the content is {fmt.upper()} but the name ends in {suffix}; "
                                 f"rename it to {sorted(_EXTENSIONS[fmt])[0]} (or re-encode it)"))
-    width = height = None
-    if fmt == "jpeg":
-        frame = _jpeg_frame(head)
-        if frame is not None:
-            precision, height, width, components = frame
-            if components == 4:
-                # A warning, not an error: DALI 2.4's CPU decoder converts it to RGB (checked
-                # here), but GPU decoding and Adobe-inverted CMYK vary by version and file.
-                problems.append(Problem(path, "cmyk",
-                                        "CMYK/YCCK JPEG: DALI's CPU decoder converts it to RGB, "
-                                        "GPU decoding may fall back to the CPU or give wrong "
-                                        "colours; converting it to an RGB JPEG is safest",
-                                        severity="warning"))
-            if precision != 8:
-                problems.append(Problem(path, "high-bit-depth",
-                                        f"{precision}-bit JPEG: DALI decodes 8-bit JPEGs only; "
-                                        f"re-encode it as 8-bit"))
-        if b"\xff\xd9" not in tail:
-            problems.append(Problem(path, "truncated",
-                                    "no JPEG end-of-image marker: the file was cut short "
-                                    "(incomplete download or copy); re-fetch it"))
-    elif fmt == "png" and len(head) >= 26:
-        width, height, depth = struct.unpack(">IIB", head[16:25])
-        if depth == 16:
-            problems.append(Problem(path, "high-bit-depth",
-                                    "16-bit PNG: the uint8 pipeline keeps only the high 8 bits "
-                                    "per channel; convert it to 8 bits to control how",
-                                    severity="warning"))
-        if b"IEND" not in tail:
-            problems.append(Problem(path, "truncated",
-                                    "no PNG IEND chunk: the file was cut short; re-fetch it"))
-    if width is not None and height is not None and width * height > MAX_PIXELS:
+    by_format = {"jpeg": _jpeg_problems, "png": _png_problems}
+    found, dims = by_format[fmt](path, head, tail) if fmt in by_format else ([], None)
+    problems += found
+    if dims is not None and dims[0] * dims[1] > MAX_PIXELS:
         problems.append(Problem(path, "huge",
-                                f"{width} x {height} pixels (> {MAX_PIXELS:,}): decoding needs "
-                                f"gigabytes per image; downscale it"))
+                                f"{dims[0]} x {dims[1]} pixels (> {MAX_PIXELS:,}): decoding "
+                                f"needs gigabytes per image; downscale it"))
     return problems
 
 
@@ -222,7 +253,34 @@ def _read_ends(path: Path) -> tuple[bytes, bytes, int]:
     return head, tail, size
 
 
-def _decode_problems(path: Path) -> list[Problem]:
+#: simplejpeg's colour space argument for each colour space its header reader reports.
+_JPEG_OUTPUT = {"Gray": "GRAY", "CMYK": "CMYK", "YCCK": "CMYK"}
+
+
+def _strict_jpeg_problems(path: Path) -> list[Problem]:
+    """Decode a JPEG with libjpeg-turbo stopping on warnings ("Corrupt JPEG data: ...", which
+    other decoders print to stderr without a path and then return garbage pixels)."""
+    import simplejpeg
+
+    data = path.read_bytes()
+    try:
+        colorspace = simplejpeg.decode_jpeg_header(data)[2]
+        simplejpeg.decode_jpeg(data, colorspace=_JPEG_OUTPUT.get(colorspace, "RGB"),
+                               strict=True)
+    except ValueError as exc:
+        text = str(exc).strip()
+        if "premature end" in text.lower():
+            return [Problem(path, "truncated", f"the image data ends early (libjpeg: {text}); "
+                                               "re-fetch it")]
+        return [Problem(path, "corrupt", f"corrupt JPEG data (libjpeg: {text}); decoders read it "
+                                         "with only a warning and return garbage pixels; "
+                                         "re-fetch or remove it")]
+    return []
+
+
+def _decode_problems(path: Path, fmt: str | None) -> list[Problem]:
+    if fmt == "jpeg":
+        return _strict_jpeg_problems(path)
     from PIL import Image, ImageFile
 
     ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -260,9 +318,9 @@ def check_file(path: str | Path, decode: bool = True) -> list[Problem]:
     except OSError as exc:
         return [Problem(path, "unreadable", f"cannot read the file ({exc.strerror})")]
     problems = _header_problems(path, head, tail, size)
-    stop = {"empty", "not-an-image", "unsupported-format", "huge"}
+    stop = {"empty", "not-an-image", "unsupported-format", "unsupported-depth", "huge"}
     if decode and not any(p.kind in stop for p in problems):
-        found = _decode_problems(path)
+        found = _decode_problems(path, sniff_format(head))
         if any(p.kind == "truncated" for p in problems):
             found = [p for p in found if p.kind != "truncated"]
         problems += found
@@ -285,9 +343,19 @@ def _ignored_files(images: ImageList) -> list[Problem]:
     return out
 
 
-def _run(images: ImageList, decode: bool, workers: int | None,
-         progress: Callable[[int], None] | None) -> DataReport:
-    paths = images.paths
+def check_files(paths: "list[Path]", decode: bool = True, workers: int | None = None,
+                progress: Callable[[int], None] | None = None) -> list[Problem]:
+    """:func:`check_file` over many files in parallel threads.
+
+    Args:
+        paths: the files.
+        decode: also decode every image (strict for JPEGs); else headers only.
+        workers: threads (default: 2 per CPU core with decoding, 4 without; at most 32).
+        progress: called with 1 after each file.
+
+    Returns:
+        The findings, sorted by path.
+    """
     workers = workers or min(32, (os.cpu_count() or 1) * (2 if decode else 4))
     problems: list[Problem] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -295,9 +363,15 @@ def _run(images: ImageList, decode: bool, workers: int | None,
             problems += found
             if progress is not None:
                 progress(1)
-    problems += _ignored_files(images)
     problems.sort(key=lambda p: (str(p.path), p.kind))
-    return DataReport(source=images.source, checked=len(paths), problems=problems)
+    return problems
+
+
+def _run(images: ImageList, decode: bool, workers: int | None,
+         progress: Callable[[int], None] | None) -> DataReport:
+    problems = check_files(images.paths, decode, workers, progress) + _ignored_files(images)
+    problems.sort(key=lambda p: (str(p.path), p.kind))
+    return DataReport(source=images.source, checked=len(images), problems=problems)
 
 
 def check_data(source: "str | Path | ImageList", workers: int | None = None,
@@ -322,47 +396,3 @@ def check_data(source: "str | Path | ImageList", workers: int | None = None,
         >>> print(report.summary())                      # doctest: +SKIP
     """
     return _run(scan_images(source), decode=decode, workers=workers, progress=progress)
-
-
-def check_headers(source: "str | Path | ImageList", workers: int | None = None) -> ImageList:
-    """Fast pre-flight check (file headers and ends only) that raises on files DALI cannot read.
-
-    Search and train call this before starting so a bad file is named up front instead of
-    killing DALI mid-epoch. It raises on the :data:`BLOCKING` kinds (empty, non-image, GIF,
-    huge, visibly truncated files) and warns (``UserWarning``) about files DALI reads with a
-    caveat (a PNG renamed to ``.jpg``, CMYK, 16-bit). Corrupt data inside an otherwise
-    well-formed file needs the full :func:`check_data` (``dra-dali check-data``).
-
-    Args:
-        source: image folder, file list, or a scanned :class:`ImageList`.
-        workers: threads (default: 4 per CPU core, at most 32).
-
-    Returns:
-        The scanned :class:`ImageList` (so callers need not scan twice).
-
-    Raises:
-        DataError: the source cannot be scanned, or files cannot be read; the message names
-            every bad path (the first 20, then a count) and suggests ``dra-dali check-data``.
-
-    Example:
-        >>> from dra_dali.data import embedded_dataset
-        >>> len(check_headers(embedded_dataset().val))
-        500
-    """
-    images = scan_images(source)
-    report = _run(images, decode=False, workers=workers, progress=None)
-    errors = [p for p in report.problems if p.kind in BLOCKING]
-    readable = [p for p in report.problems if p.kind not in BLOCKING | {"ignored"}]
-    if readable:
-        shown = "\n  ".join(str(p) for p in readable[:10])
-        more = f"\n  ... and {len(readable) - 10} more" if len(readable) > 10 else ""
-        warnings.warn(f"{images.source}: {len(readable)} file(s) DALI can read but with a "
-                      f"caveat:\n  {shown}{more}", UserWarning, stacklevel=2)
-    if errors:
-        shown = "\n  ".join(str(p) for p in errors[:20])
-        more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
-        raise DataError(f"{images.source}: {len(errors)} unusable image file(s):\n  {shown}{more}"
-                        f"\nfix or remove them (run `dra-dali check-data {images.source}` for a "
-                        f"full decode check)")
-    return images
-

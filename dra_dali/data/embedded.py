@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dra_dali.data.scan import DataError
+
 __all__ = ["EmbeddedDataset", "embedded_dataset", "EMBEDDED_CLASSES", "default_cache_dir"]
 
 #: Source photos, one class each: (class name, package, file inside the package's data folder).
@@ -140,8 +142,11 @@ def embedded_dataset(cache_dir: str | Path | None = None) -> EmbeddedDataset:
     Returns:
         An :class:`EmbeddedDataset` with the train and val image folders.
 
+    A stale entry (a dangling symlink, a folder left without ``dataset.json``) is replaced.
+
     Raises:
         RuntimeError: if scikit-image or scikit-learn (the ``demo`` extra) is not installed.
+        DataError: the cache folder is not writable (one line; names it).
 
     Example:
         >>> ds = embedded_dataset()
@@ -152,15 +157,40 @@ def embedded_dataset(cache_dir: str | Path | None = None) -> EmbeddedDataset:
     root = cache / f"embedded-v{_VERSION}"
     classes = tuple(sorted(c[0] for c in EMBEDDED_CLASSES))
     if not (root / "dataset.json").is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".embedded-", dir=cache))
         try:
-            _build(tmp)
-            try:
-                tmp.rename(root)
-            except OSError:  # another process finished first; use its copy
-                if not (root / "dataset.json").is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _materialise(cache, root)
+        except OSError as exc:
+            raise DataError(f"{cache}: cannot build the embedded dataset there "
+                            f"({exc.strerror or exc}); set DRA_DALI_CACHE to a writable "
+                            "folder") from None
     return EmbeddedDataset(root=root, train=root / "train", val=root / "val", classes=classes)
+
+
+def _remove_stale(root: Path) -> None:
+    """Remove a cache entry without ``dataset.json``: a symlink (dangling or not; its target is
+    never touched) or a partial folder (renamed aside first, so a concurrent builder never sees
+    it half-deleted)."""
+    if root.is_symlink():
+        root.unlink(missing_ok=True)
+    elif root.exists():
+        aside = root.with_name(f".stale-{root.name}-{os.getpid()}")
+        try:
+            root.rename(aside)
+        except FileNotFoundError:  # another process removed it first
+            return
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _materialise(cache: Path, root: Path) -> None:
+    cache.mkdir(parents=True, exist_ok=True)
+    _remove_stale(root)
+    tmp = Path(tempfile.mkdtemp(prefix=".embedded-", dir=cache))
+    try:
+        _build(tmp)
+        try:
+            tmp.rename(root)
+        except OSError:  # another process finished first; use its copy
+            if not (root / "dataset.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,21 +1,29 @@
-"""Scanning image folders and file lists into (path, label) lists, with errors that name the culprit.
+"""Scanning image folders and file lists into (path, label) lists; errors name the culprit.
 
 Two layouts are accepted, as DALI's ``fn.readers.file`` does:
 
 * an image folder: ``root/<class>/<image>``; classes are the sub-folders in sorted order and the
   label is the class index;
 * a file list: a text file whose lines are ``relative/path label`` (paths relative to the list's
-  folder), blank lines and ``#`` comments ignored.
+  folder), blank lines and ``#`` comments ignored. Labels are bounded (by ``num_classes`` when
+  given, else by :data:`MAX_CLASSES`) and paths stay under the list's folder (no absolute paths,
+  no ``..``) unless ``allow_absolute=True``: a crafted list cannot make a scan allocate gigabytes
+  or read files anywhere on the machine.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from dra_dali.errors import DraDaliError
 
-__all__ = ["DataError", "ImageList", "IMAGE_EXTENSIONS", "scan_images"]
+__all__ = ["DataError", "ImageList", "IMAGE_EXTENSIONS", "MAX_CLASSES", "scan_images"]
+
+#: Largest class count a file list may imply (labels 0 .. MAX_CLASSES - 1) when the caller does
+#: not give the class count; ImageNet-21k has 21,841 classes.
+MAX_CLASSES = 100_000
 
 #: File extensions treated as images (what DALI's image decoders read).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp",
@@ -52,6 +60,13 @@ class ImageList:
         """Absolute paths of the images."""
         return [self.root / f for f in self.files]
 
+    def without(self, paths: "set[Path] | frozenset[Path]") -> "ImageList":
+        """The same list without the files at ``paths`` (classes unchanged)."""
+        keep = [i for i, p in enumerate(self.paths) if p not in paths]
+        return ImageList(root=self.root, files=tuple(self.files[i] for i in keep),
+                         labels=tuple(self.labels[i] for i in keep), classes=self.classes,
+                         source=self.source)
+
     def file_list_text(self) -> str:
         """The list in DALI's ``file_list`` format (``path label`` per line, relative to root)."""
         return "".join(f"{f} {label}\n" for f, label in zip(self.files, self.labels))
@@ -75,51 +90,72 @@ def _scan_folder(root: Path) -> ImageList:
                      classes=tuple(p.name for p in class_dirs), source=root)
 
 
-def _scan_list(path: Path) -> ImageList:
+def _parse_line(path: Path, number: int, line: str, limit: int,
+                allow_absolute: bool) -> tuple[str, int]:
+    relative, _, label = line.rpartition(" ")
+    if not relative.strip():
+        raise DataError(f"{path}:{number}: expected 'relative/path label', got {line[:200]!r}")
+    try:
+        value = int(label)
+    except ValueError:
+        raise DataError(f"{path}:{number}: label {label[:40]!r} is not an integer") from None
+    if value < 0:
+        raise DataError(f"{path}:{number}: label {value} is negative")
+    if value >= limit:
+        raise DataError(f"{path}:{number}: label {value} is out of range (labels are 0 .. "
+                        f"{limit - 1} for {limit} classes)")
+    relative = relative.strip()
+    escapes = os.path.isabs(relative) or os.path.normpath(relative).split(os.sep)[0] == ".."
+    if escapes and not allow_absolute:
+        raise DataError(f"{path}:{number}: image path {relative[:200]!r} is outside the list's "
+                        f"folder {path.parent}; list paths relative to it (absolute paths and "
+                        "'..' are refused unless allow_absolute is set)")
+    return relative, value
+
+
+def _scan_list(path: Path, num_classes: int | None, allow_absolute: bool) -> ImageList:
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read the file list ({exc})") from None
     root = path.parent
+    limit = num_classes if num_classes is not None else MAX_CLASSES
     files, labels = [], []
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        relative, _, label = line.rpartition(" ")
-        if not relative:
-            raise DataError(f"{path}:{number}: expected 'relative/path label', got {line!r}")
-        try:
-            value = int(label)
-        except ValueError:
-            raise DataError(f"{path}:{number}: label {label!r} is not an integer") from None
-        if value < 0:
-            raise DataError(f"{path}:{number}: label {value} is negative")
-        relative = relative.strip()
+        relative, value = _parse_line(path, number, line, limit, allow_absolute)
         if not (root / relative).is_file():
             raise DataError(f"{path}:{number}: image {root / relative} does not exist")
         files.append(relative)
         labels.append(value)
     if not files:
         raise DataError(f"{path}: the file list names no images")
-    classes = tuple(str(i) for i in range(max(labels) + 1))
-    return ImageList(root=root, files=tuple(files), labels=tuple(labels), classes=classes,
-                     source=path)
+    count = num_classes if num_classes is not None else max(labels) + 1
+    return ImageList(root=root, files=tuple(files), labels=tuple(labels),
+                     classes=tuple(str(i) for i in range(count)), source=path)
 
 
-def scan_images(source: "str | Path | ImageList") -> ImageList:
+def scan_images(source: "str | Path | ImageList", *, num_classes: int | None = None,
+                allow_absolute: bool = False) -> ImageList:
     """Scan an image folder or a file list.
 
     Args:
         source: a folder with one sub-folder per class, or a text file of ``path label`` lines;
             an :class:`ImageList` (already scanned) is returned as is.
+        num_classes: for a file list, the class count: labels must be below it (default: the
+            largest label + 1, at most :data:`MAX_CLASSES`).
+        allow_absolute: for a file list, accept absolute paths and paths with ``..`` that leave
+            the list's folder.
 
     Returns:
         An :class:`ImageList`, files in sorted order within each class.
 
     Raises:
-        DataError: missing path, no classes, an empty class, an unreadable list, a non-integer
-            or negative label, a listed path that does not exist; the message names the culprit.
+        DataError: missing path, no classes, an empty class, an unreadable list, a non-integer,
+            negative or out-of-range label, a path outside the list's folder, a listed path that
+            does not exist; the message names the culprit (file and line).
 
     Example:
         >>> from dra_dali.data import embedded_dataset
@@ -132,4 +168,6 @@ def scan_images(source: "str | Path | ImageList") -> ImageList:
     path = Path(source)
     if not path.exists():
         raise DataError(f"{path}: no such folder or file list")
-    return _scan_folder(path) if path.is_dir() else _scan_list(path)
+    if path.is_dir():
+        return _scan_folder(path)
+    return _scan_list(path, num_classes, allow_absolute)

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -261,6 +262,7 @@ class SearchConfig:
         def bad(key: str, why: str) -> ConfigError:
             return ConfigError(f"{where}: {key}: {why}, got {getattr(self, key)!r}")
 
+        self._check_bounds(where)
         for key in ("resolution", "depth", "epochs", "batch_size", "lr_batch"):
             if getattr(self, key) < 1:
                 raise bad(key, "must be >= 1")
@@ -308,6 +310,18 @@ class SearchConfig:
             raise bad("device", "must be 'cpu', 'cuda' or 'cuda:N'")
         self._parse_options(where)
 
+    def _check_bounds(self, where: str) -> None:
+        """Every number finite (no NaN or inf), and below :data:`_UPPER` (before any work)."""
+        for f in dataclasses.fields(self):
+            for value in _numbers(getattr(self, f.name)):
+                if not math.isfinite(value):
+                    raise ConfigError(f"{where}: {f.name}: must be a finite number, got "
+                                      f"{getattr(self, f.name)!r}")
+        for key, upper in _UPPER.items():
+            value = getattr(self, key)
+            if value is not None and abs(value) > upper:
+                raise ConfigError(f"{where}: {key}: {value!r} is out of range (at most {upper})")
+
     def _parse_options(self, where: str) -> None:
         from dra_dali.search.methods import OptionsError, get_method
 
@@ -316,6 +330,25 @@ class SearchConfig:
         except OptionsError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         self.__dict__["_options"] = options
+
+
+#: Largest magnitude each recipe number may have: far beyond any sensible setting, so a value
+#: past it is a typo or a crafted file (checked before any work, with the key named).
+_UPPER = {"lr": 10.0, "policy_lr": 10.0, "scale": 10.0, "temperature": 100.0,
+          "kl_weight": 1000.0, "weight_decay": 1.0, "policy_weight_decay": 1.0, "grad_clip": 1e6,
+          "init_logit": 100.0, "init_mean": 10.0, "depth": 64, "epochs": 100_000,
+          "batch_size": 1_000_000, "lr_batch": 1_000_000, "resolution": 8192, "decode_size": 8192,
+          "pad": 1024, "cutout": 8192, "proxy_classes": 1_000_000,
+          "images_per_class": 10_000_000, "threads": 4096}
+
+
+def _numbers(value: Any) -> list[float]:
+    """The float values inside a field (tuples and nested tuples included)."""
+    if isinstance(value, float):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [n for item in value for n in _numbers(item)]
+    return []
 
 
 def _method_names() -> list[str]:

@@ -1,10 +1,13 @@
 """The proxy set of a search: sampling N classes x K images, decoding them up front, crop and flip.
 
 The proxy set is small (the authors: 120 classes x 50 images on ImageNet, 4,000 CIFAR images), so
-it is decoded once with PIL into a uint8 tensor of squares of side ``stored_size`` (shorter side
-resized, centre square kept). Every image is decoded before the search starts, so an unreadable
-file stops the run at once with its path. Batches are then cropped (random-resized crop,
-pad-and-crop, centre or none), flipped and scaled to [0, 1] in torch before the policy sees them.
+it is decoded once into a uint8 tensor of squares of side ``stored_size`` (shorter side resized,
+centre square kept). The files pass the acceptance rules train applies and are decoded by the same
+DALI decoder (:mod:`dra_dali.data.accept`), so a GIF renamed ``.jpg`` is refused and 16-bit or
+grayscale images become the same pixels in both. Every image is checked and decoded before the
+search starts, so an unusable file stops the run at once with its path. Batches are then cropped
+(random-resized crop, pad-and-crop, centre or none), flipped and scaled to [0, 1] in torch before
+the policy sees them.
 
 Example:
     >>> from dra_dali.data import embedded_dataset
@@ -27,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dra_dali.data import DataError, ImageList, scan_images
+from dra_dali.data import DataError, ImageList, accept_images, decode_rgb
 from dra_dali.search.config import SearchConfig
 
 __all__ = ["ProxyHalf", "ProxySet", "load_proxy", "crop_flip"]
@@ -62,24 +65,21 @@ def _by_class(images: ImageList) -> dict[str, list[Path]]:
     return out
 
 
-def _decode(path: Path, side: int) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            short = min(w, h)
-            left, top = (w - short) // 2, (h - short) // 2
-            im = im.crop((left, top, left + short, top + short))
-            if short != side:
-                im = im.resize((side, side), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
-    except Exception as exc:  # PIL raises many types for corrupt or truncated files
-        raise DataError(f"{path}: cannot decode this image ({type(exc).__name__}: {exc}); "
-                        "remove or replace it") from None
+def _square(pixels: np.ndarray, side: int) -> np.ndarray:
+    """The centre square of an RGB array, resized to ``side``."""
+    im = Image.fromarray(pixels)
+    w, h = im.size
+    short = min(w, h)
+    left, top = (w - short) // 2, (h - short) // 2
+    im = im.crop((left, top, left + short, top + short))
+    if short != side:
+        im = im.resize((side, side), Image.BILINEAR)
+    return np.asarray(im, dtype=np.uint8)
 
 
 def _half(paths: list[tuple[Path, int]], side: int) -> ProxyHalf:
-    arrays = [_decode(p, side) for p, _ in paths]
+    # The acceptance module decodes (strict check first, then DALI's decoder, as train does).
+    arrays = [_square(pixels, side) for pixels in decode_rgb([p for p, _ in paths])]
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor([label for _, label in paths], dtype=torch.int64)
     return ProxyHalf(images, labels, tuple(str(p) for p, _ in paths))
@@ -104,8 +104,8 @@ def load_proxy(config: SearchConfig) -> ProxySet:
     """
     if not config.data:
         raise DataError("no training data: pass --data DIR (an image folder or a file list)")
-    train = scan_images(config.data)
-    val = scan_images(config.val_data) if config.val_data else None
+    train = accept_images(config.data).images
+    val = accept_images(config.val_data).images if config.val_data else None
     if val is not None and tuple(val.classes) != tuple(train.classes):
         only_train = sorted(set(train.classes) - set(val.classes))
         only_val = sorted(set(val.classes) - set(train.classes))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,8 +70,14 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, Path):
                 object.__setattr__(self, name, str(value))
+        for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "label_smoothing"):
+            value = getattr(self, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise TrainError(f"{name} must be a finite number, got {value}")
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.lr is None or self.lr <= 10, f"lr must be at most 10, got {self.lr}"),
+            (self.weight_decay <= 1, f"weight_decay must be at most 1, got {self.weight_decay}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),

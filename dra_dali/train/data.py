@@ -5,8 +5,7 @@ from __future__ import annotations
 import gc
 from typing import Any
 
-from dra_dali.data import DataError, ImageList, scan_images
-from dra_dali.data.checks import check_headers
+from dra_dali.data import DataError, ImageList, accept_images, scan_images
 from dra_dali.policy import Policy
 from dra_dali.train.config import TrainConfig, TrainError
 from dra_dali.train.distributed import DistInfo
@@ -31,9 +30,9 @@ def check_datasets(data: str, val_data: str) -> tuple[ImageList, ImageList]:
         ``(train, val)`` image lists.
 
     Raises:
-        TrainError: a set is missing or empty, a file header is unreadable
-            (:func:`dra_dali.data.checks.check_headers`), or the class lists differ; the message
-            names the set and the classes.
+        TrainError: a set is missing or empty, holds unusable files
+            (:func:`dra_dali.data.accept_images`: headers, and a strict decode of small sets), or
+            the class lists differ; the message names the set and the files or classes.
     """
     lists = []
     for flag, source in (("--data", data), ("--val-data", val_data)):
@@ -53,7 +52,7 @@ def check_datasets(data: str, val_data: str) -> tuple[ImageList, ImageList]:
                          "not match")
     for flag, images in (("--data", train), ("--val-data", val)):
         try:
-            check_headers(images)
+            accept_images(images, decode="auto")
         except DataError as exc:
             raise TrainError(f"{flag}: {exc}") from None
     return train, val

@@ -19,6 +19,9 @@ is **clean** and the architecture reaches the validation loss only through the w
    ``betas (0.5, 0.999)``, ``weight_decay 1e-3`` (App. C, DARTS' architect);
 2. model step: ``CE(f(cell(x_train)), y_train)`` through the run's optimiser.
 
+The recipe's ``cutout`` applies to the training batch before the cell (App. C: crop, flip and
+Cutout on the inputs of the DAS cell).
+
 Final choice (Eq. 5-6, App. B): ``argmax tau`` ends up choosing Identity, so the choice is made by
 perturbation (as DARTS-PT): in the last ``select_epochs`` epochs, every step measures for every
 candidate the clean validation loss after one virtual training step with that mixed operation
@@ -251,6 +254,8 @@ class DAS(SearchMethod):
         self.perturb_cursor = 0  # the next candidate to measure (round robin)
 
     def step(self, ctx: StepContext, train: Batch, val: Batch) -> dict[str, float]:
+        # Cutout (``cutout``) on the inputs of the cell, as App. C; the validation batch is clean.
+        train = Batch(ctx.cutout(train.images), train.labels)
         val_loss = unrolled_val_loss(ctx, self.cell, train, val, ctx.generator, create_graph=True)
         for p, g in zip(self.params, torch.autograd.grad(val_loss, self.params)):
             p.grad = g

@@ -1,0 +1,234 @@
+"""Which image files a run may use, and how they become pixels: one module for search and train.
+
+* :func:`accept_images` - scan a folder or file list and apply the acceptance rules: files DALI
+  cannot decode (:data:`~dra_dali.data.checks.BLOCKING`: empty, truncated, corrupt, not an image,
+  GIF, 12-bit JPEG, huge) are refused with every path named, or, with ``skip_bad_files``,
+  excluded and listed (:meth:`Accepted.excluded_text`, written to ``excluded_files.txt`` in the
+  run directory); files DALI reads with a caveat (a PNG renamed ``.jpg``, CMYK, 16-bit) are
+  warned about. It also records each accepted file's size and modification time.
+* :func:`recheck_changed` - at each epoch start: a ``stat`` pass, and a full (strict) check of
+  the files replaced since they were accepted, so a swapped file is named before DALI reads it.
+* :func:`name_culprits` - after a decoder failure: re-check a batch's files and name the bad ones.
+* :func:`decode_rgb` - the pixels: DALI's CPU decoder, the one train's pipeline uses, so
+  grayscale (replicated), 16-bit (scaled as ``round(v / 257)``), palette, CMYK and RGBA (alpha
+  dropped) images become the same RGB bytes in search as in train.
+
+Example:
+    >>> from dra_dali.data import embedded_dataset
+    >>> accepted = accept_images(embedded_dataset().val)
+    >>> len(accepted.images), accepted.excluded
+    (500, ())
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from dra_dali.data.checks import BLOCKING, Problem, check_files
+from dra_dali.data.scan import DataError, ImageList, scan_images
+
+__all__ = ["Accepted", "AUTO_DECODE_LIMIT", "EXCLUDED_FILE", "accept_images", "check_headers",
+           "recheck_changed", "name_culprits", "decode_rgb", "file_stamps"]
+
+#: Where a run lists the files ``skip_bad_files`` excluded (one per line: path, kind, reason).
+EXCLUDED_FILE = "excluded_files.txt"
+#: ``decode="auto"`` decodes every file of sets up to this size (a strict decode of a small JPEG
+#: takes well under a millisecond), and checks only headers of larger ones.
+AUTO_DECODE_LIMIT = 20_000
+_SHOWN = 20
+
+
+def file_stamps(paths: Sequence[Path]) -> dict[Path, tuple[int, int]]:
+    """``{path: (size, mtime_ns)}``; a missing file gets ``(-1, -1)``."""
+    stamps = {}
+    for path in paths:
+        try:
+            info = os.stat(path)
+            stamps[path] = (info.st_size, info.st_mtime_ns)
+        except OSError:
+            stamps[path] = (-1, -1)
+    return stamps
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The outcome of :func:`accept_images`.
+
+    Attributes:
+        images: the files to use (without the excluded ones).
+        excluded: the findings of the files left out (``skip_bad_files``); empty otherwise.
+        stamps: ``{path: (size, mtime_ns)}`` of the accepted files when they were checked.
+    """
+
+    images: ImageList
+    excluded: tuple[Problem, ...] = ()
+    stamps: dict[Path, tuple[int, int]] = field(default_factory=dict)
+
+    def excluded_text(self) -> str:
+        """The excluded files, one ``path: kind: reason`` line each (``excluded_files.txt``)."""
+        return "".join(f"{p}\n" for p in self.excluded)
+
+
+def _listing(problems: Sequence[Problem]) -> str:
+    shown = "\n  ".join(str(p) for p in problems[:_SHOWN])
+    more = f"\n  ... and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
+    return f"\n  {shown}{more}"
+
+
+def _refusal(source: Path, problems: Sequence[Problem]) -> DataError:
+    return DataError(f"{source}: {len(problems)} unusable image file(s):{_listing(problems)}\n"
+                     f"fix or remove them, or skip them (skip_bad_files; the skipped files are "
+                     f"listed in the run directory); `dra-dali check-data {source}` checks all")
+
+
+def _warn_caveats(source: Path, problems: Sequence[Problem]) -> None:
+    readable = [p for p in problems if p.kind not in BLOCKING | {"ignored"}]
+    if readable:
+        warnings.warn(f"{source}: {len(readable)} file(s) DALI can read but with a caveat:"
+                      f"{_listing(readable)}", UserWarning, stacklevel=3)
+
+
+def accept_images(source: "str | Path | ImageList", *, decode: bool | str = False,
+                  skip_bad_files: bool = False, num_classes: int | None = None,
+                  allow_absolute: bool = False, workers: int | None = None) -> Accepted:
+    """Scan ``source`` and apply the acceptance rules that search and train share.
+
+    Args:
+        source: image folder, file list, or a scanned :class:`ImageList`.
+        decode: also decode every file (strict for JPEGs: finds corrupt data that decoders read
+            with only a warning); default: headers and file ends only (fast); ``"auto"``:
+            decode sets of up to :data:`AUTO_DECODE_LIMIT` files (what train does; larger sets
+            are checked in full by ``dra-dali check-data``).
+        skip_bad_files: exclude unusable files instead of refusing them; they are listed in
+            :attr:`Accepted.excluded` (write :meth:`Accepted.excluded_text` to the run folder).
+        num_classes: for a file list, the class count its labels must stay below.
+        allow_absolute: for a file list, accept paths outside the list's folder.
+        workers: checking threads.
+
+    Returns:
+        An :class:`Accepted`.
+
+    Raises:
+        DataError: the source cannot be scanned; unusable files (without ``skip_bad_files``;
+            every path is named, the first 20 in the message); a class left with no image.
+    """
+    images = scan_images(source, num_classes=num_classes, allow_absolute=allow_absolute)
+    stamps = file_stamps(images.paths)  # before checking: a later change is always seen
+    if decode == "auto":
+        decode = len(images) <= AUTO_DECODE_LIMIT
+    problems = check_files(images.paths, decode=bool(decode), workers=workers)
+    _warn_caveats(images.source, problems)
+    blocking = [p for p in problems if p.kind in BLOCKING]
+    if blocking and not skip_bad_files:
+        raise _refusal(images.source, blocking)
+    if blocking:
+        images = images.without({p.path for p in blocking})
+        empty = sorted(set(images.classes) - {images.classes[label] for label in images.labels})
+        if empty:
+            raise DataError(f"{images.source}: after skipping {len(blocking)} unusable file(s), "
+                            f"class(es) {empty[:10]} hold no image:{_listing(blocking)}")
+        for path in {p.path for p in blocking}:
+            stamps.pop(path, None)
+    return Accepted(images, tuple(blocking), stamps)
+
+
+def check_headers(source: "str | Path | ImageList", workers: int | None = None) -> ImageList:
+    """The fast pre-flight check: :func:`accept_images` without decoding; returns the images.
+
+    Raises:
+        DataError: unusable files (every path named) or an unscannable source.
+
+    Example:
+        >>> from dra_dali.data import embedded_dataset
+        >>> len(check_headers(embedded_dataset().val))
+        500
+    """
+    return accept_images(source, workers=workers).images
+
+
+def recheck_changed(accepted: Accepted, workers: int | None = None) -> list[Problem]:
+    """At an epoch start: ``stat`` every accepted file and fully check (strict decode) those
+    whose size or modification time changed since they were accepted; their stamps are then
+    updated, so each change is checked once.
+
+    Returns:
+        The unusable files among the changed ones (empty when all is well). A caller that
+        cannot skip them raises ``DataError`` naming them before the epoch's first batch.
+
+    Example:
+        >>> bad = recheck_changed(accepted)                    # doctest: +SKIP
+        >>> if bad: raise DataError(...)                       # doctest: +SKIP
+    """
+    now = file_stamps(list(accepted.stamps))
+    changed = [p for p, stamp in now.items() if stamp != accepted.stamps[p]]
+    accepted.stamps.update(now)
+    if not changed:
+        return []
+    found = check_files(changed, decode=True, workers=workers)
+    return [p for p in found if p.kind in BLOCKING]
+
+
+def name_culprits(paths: Sequence[Path | str], workers: int | None = None) -> list[Problem]:
+    """After a decoder failure on a batch: fully check (strict decode) the batch's files and
+    return the unusable ones (with why), so the error can name them.
+
+    Example:
+        >>> name_culprits(["data/a.jpg", "data/b.jpg"])        # doctest: +SKIP
+        [Problem(path=PosixPath('data/b.jpg'), kind='corrupt', ...)]
+    """
+    found = check_files([Path(p) for p in paths], decode=True, workers=workers)
+    return [p for p in found if p.kind in BLOCKING]
+
+
+def decode_rgb(paths: Sequence[Path], threads: int = 2, batch_size: int = 32) -> list[np.ndarray]:
+    """Decode files to ``(H, W, 3)`` uint8 RGB arrays with DALI's CPU decoder, as train does.
+
+    Every file is checked first (strict decode for JPEGs): unusable files are refused, all of
+    them named, before any reaches the decoder.
+
+    Args:
+        paths: the image files.
+        threads: DALI CPU threads.
+        batch_size: files per DALI batch.
+
+    Returns:
+        One array per path, in order.
+
+    Raises:
+        DataError: unusable files (every path named).
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        return []
+    bad = name_culprits(paths)
+    if bad:
+        raise DataError(f"{len(bad)} unusable image file(s):{_listing(bad)}\nfix or remove them")
+    return _dali_decode(paths, threads, min(batch_size, len(paths)))
+
+
+def _dali_decode(paths: list[Path], threads: int, batch_size: int) -> list[np.ndarray]:
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=None,
+                  prefetch_queue_depth=1)
+    def pipe():
+        data, _ = fn.readers.file(files=[str(p) for p in paths], labels=[0] * len(paths),
+                                  random_shuffle=False, pad_last_batch=True)
+        return fn.decoders.image(data, device="cpu", output_type=types.RGB)
+
+    pipeline = pipe()
+    pipeline.build()
+    arrays: list[np.ndarray] = []
+    try:
+        while len(arrays) < len(paths):
+            batch = pipeline.run()[0]
+            arrays += [np.array(batch[i]) for i in range(len(batch))]
+    finally:
+        del pipeline
+    return arrays[:len(paths)]

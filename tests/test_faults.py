@@ -1,0 +1,307 @@
+"""Fault injection: every case of issue 14 as an adversarial user would try it.
+
+Each test names the issue item it covers; each one failed on the code before the fix (commit
+a445aec) and passes now. Long cases (the kill loops) are marked slow.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import struct
+import time
+import tracemalloc
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from dra_dali.cli import main
+from dra_dali.data import DataError, embedded_dataset, scan_images
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*DALI can read but with a caveat")
+
+SIDE = 16
+
+
+# --- crafted files ---------------------------------------------------------------------------
+
+def _photo_jpeg(seed: int = 0, side: int = 128) -> bytes:
+    """A smooth, noisy RGB JPEG (enough entropy-coded data to corrupt in the middle)."""
+    x = np.linspace(0, 1, side)
+    smooth = np.stack([np.outer(x, x), np.outer(1 - x, x), np.outer(x, 1 - x)], -1) * 230
+    noise = np.random.default_rng(seed).integers(0, 25, smooth.shape)
+    buffer = io.BytesIO()
+    Image.fromarray((smooth + noise).clip(0, 255).astype(np.uint8)).save(buffer, "JPEG",
+                                                                        quality=90)
+    return buffer.getvalue()
+
+
+def corrupt_but_decodable_jpeg() -> bytes:
+    """Valid header and end marker, scrambled scan data: Pillow and DALI decode it (DALI prints
+    "Corrupt JPEG data" without a path) into garbage pixels."""
+    data = bytearray(_photo_jpeg())
+    sos = data.find(b"\xff\xda")
+    start = sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")
+    for i in range(start + 50, start + 58):
+        data[i] ^= 0x5A
+    return bytes(data)
+
+
+def twelve_bit_jpeg() -> bytes:
+    """A JPEG whose frame header says 12-bit samples (DALI decodes 8-bit JPEGs only)."""
+    data = bytearray(_photo_jpeg())
+    sof = data.find(b"\xff\xc0")
+    data[sof + 4] = 12
+    return bytes(data)
+
+
+def png16(values: np.ndarray) -> bytes:
+    """A 16-bit PNG (grayscale for 2-D values, RGB for (H, W, 3)), written by hand."""
+    gray = values.ndim == 2
+    h, w = values.shape[:2]
+    rows = b"".join(b"\0" + values[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 0 if gray else 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
+def _gif_named_jpg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (SIDE, SIDE), (200, 30, 30)).save(buffer, "GIF")
+    return buffer.getvalue()
+
+
+def _folder(root: Path, extra: dict[str, bytes], per_class: int = 3) -> Path:
+    """Two classes of good JPEGs plus ``extra`` files (relative path -> bytes)."""
+    for label, name in enumerate(("a", "b")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            colour = (40 + 100 * label, 60 + 20 * i, 90)
+            Image.new("RGB", (SIDE, SIDE), colour).save(root / name / f"{i}.jpg", quality=95)
+    for relative, data in extra.items():
+        (root / relative).write_bytes(data)
+    return root
+
+
+def _proxy(data: Path):
+    from dra_dali.search.config import SearchConfig
+    from dra_dali.search.data import load_proxy
+
+    return load_proxy(SearchConfig(data=str(data), resolution=SIDE, crop="pad", seed=0))
+
+
+def _one_line_error(result) -> str:
+    """The CLI failed with exit 1 and one ``Error:`` line, no traceback."""
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), \
+        repr(result.exception)
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    return errors[0]
+
+
+# --- item 1: no code from files ---------------------------------------------------------------
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def test_item1_crafted_search_checkpoint_runs_no_code_on_resume(tmp_path, embedded):
+    import torch
+
+    out = tmp_path / "run"
+    out.mkdir()
+    marker = tmp_path / "pwned"
+    torch.save({"format": "dra-search-checkpoint/1", "payload": _Payload(marker)},
+               out / "checkpoint.pt")
+    result = CliRunner().invoke(main, ["search", "--data", str(embedded.train), "--out", str(out),
+                                       "--recipe", "demo", "--resume"])
+    assert not marker.exists(), "the checkpoint ran code"
+    assert "checkpoint.pt" in _one_line_error(result)
+
+
+# --- item 2: no silent bad data ---------------------------------------------------------------
+
+def test_item2_check_data_decode_names_a_corrupt_but_decodable_jpeg(tmp_path):
+    data = _folder(tmp_path / "d", {"a/garbled.jpg": corrupt_but_decodable_jpeg()})
+    with Image.open(data / "a/garbled.jpg") as im:
+        im.load()                                        # Pillow decodes it without complaint
+    for flags in ([], ["--decode"]):                    # decoding is the default
+        result = CliRunner().invoke(main, ["check-data", str(data), *flags])
+        assert result.exit_code == 1
+        assert f"{data / 'a/garbled.jpg'}: corrupt: corrupt JPEG data (libjpeg: Corrupt JPEG " \
+               "data" in result.output
+        assert "1 with errors" in result.output
+
+
+def test_item2_search_and_train_refuse_a_corrupt_but_decodable_jpeg(tmp_path):
+    from dra_dali.train.config import TrainError
+    from dra_dali.train.data import check_datasets
+
+    data = _folder(tmp_path / "d", {"a/garbled.jpg": corrupt_but_decodable_jpeg()})
+    with pytest.raises(DataError, match=r"a/garbled.jpg: corrupt: corrupt JPEG data"):
+        _proxy(data)
+    with pytest.raises(TrainError, match=r"(?s)--data: .*a/garbled.jpg: corrupt: corrupt JPEG"):
+        check_datasets(str(data), str(data))
+
+
+def test_item2_gif_renamed_jpg_is_refused_by_search_as_by_train(tmp_path):
+    from dra_dali.train.config import TrainError
+    from dra_dali.train.data import check_datasets
+
+    data = _folder(tmp_path / "d", {"b/animation.jpg": _gif_named_jpg()})
+    with pytest.raises(DataError, match=r"b/animation.jpg: unsupported-format: GIF image"):
+        _proxy(data)
+    with pytest.raises(TrainError, match=r"b/animation.jpg: unsupported-format: GIF image"):
+        check_datasets(str(data), str(data))
+
+
+@pytest.mark.parametrize("kind", ["gray16", "rgb16"])
+def test_item2_16_bit_images_become_the_same_pixels_in_search_and_train(tmp_path, kind):
+    from nvidia.dali import fn, pipeline_def, types
+
+    ramp = (np.arange(SIDE * SIDE, dtype=np.uint32).reshape(SIDE, SIDE) * 251 % 65536)
+    values = ramp.astype(np.uint16)
+    if kind == "rgb16":
+        values = np.stack([values, values[::-1], values.T], -1)
+    data = _folder(tmp_path / "d", {}, per_class=2)
+    for name in ("a", "b"):
+        (data / name / "deep.png").write_bytes(png16(values))
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def train_decoder():                       # what train's DALI pipeline starts from
+        jpegs, _ = fn.readers.file(files=[str(data / "a/deep.png")], labels=[0])
+        return fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
+
+    pipe = train_decoder()
+    pipe.build()
+    train_pixels = np.array(pipe.run()[0][0])
+    expected = np.round(values / 257).astype(np.uint8)
+    expected = np.repeat(expected[..., None], 3, -1) if kind == "gray16" else expected
+    assert np.array_equal(train_pixels, expected)
+    proxy = _proxy(data)
+    both = proxy.model_half.paths + proxy.policy_half.paths
+    images = np.concatenate([proxy.model_half.images.numpy(), proxy.policy_half.images.numpy()])
+    search_pixels = images[both.index(str(data / "a/deep.png"))].transpose(1, 2, 0)
+    assert np.array_equal(search_pixels, train_pixels)   # not all white (255) as before
+
+
+# --- item 3: mid-run failures -----------------------------------------------------------------
+
+def test_item3_a_12_bit_jpeg_is_refused_before_train_starts(tmp_path):
+    from dra_dali.train.config import TrainError
+    from dra_dali.train.data import check_datasets
+
+    data = _folder(tmp_path / "d", {"a/twelve.jpg": twelve_bit_jpeg()})
+    with pytest.raises(TrainError, match=r"a/twelve.jpg: unsupported-depth: 12-bit JPEG"):
+        check_datasets(str(data), str(data))
+
+
+# --- item 5: file-list bounds -----------------------------------------------------------------
+
+def test_item5_huge_label_fails_fast_with_bounded_memory(tmp_path):
+    _folder(tmp_path, {})
+    listing = tmp_path / "list.txt"
+    listing.write_text("a/0.jpg 0\nb/0.jpg 99999999\n")
+    tracemalloc.start()
+    started = time.perf_counter()
+    result = CliRunner().invoke(main, ["check-data", str(listing)])
+    seconds = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert "list.txt:2: label 99999999 is out of range" in _one_line_error(result)
+    assert seconds < 2 and peak < 50 * 2**20, (seconds, peak)
+
+
+def test_item5_file_list_paths_stay_under_the_list_folder(tmp_path):
+    _folder(tmp_path / "data", {})
+    outside = tmp_path / "secret.jpg"
+    shutil.copy(tmp_path / "data" / "a" / "0.jpg", outside)
+    for line in ("../secret.jpg 0", f"{outside} 0", "a/../../secret.jpg 0"):
+        (tmp_path / "data" / "list.txt").write_text(f"a/0.jpg 0\n{line}\n")
+        with pytest.raises(DataError, match=r"list.txt:2: image path .* is outside the list's "
+                                            r"folder"):
+            scan_images(tmp_path / "data" / "list.txt")
+    images = scan_images(tmp_path / "data" / "list.txt", allow_absolute=True)
+    assert images.paths[1].resolve() == outside.resolve()
+    (tmp_path / "data" / "list.txt").write_text("a/0.jpg 0\nb/0.jpg 3\n")
+    with pytest.raises(DataError, match=r"list.txt:2: label 3 is out of range \(labels are 0 "
+                                        r"\.\. 1 for 2 classes\)"):
+        scan_images(tmp_path / "data" / "list.txt", num_classes=2)
+
+
+# --- item 8: one clear line -------------------------------------------------------------------
+
+@pytest.mark.parametrize("content", [b"\x80\x02garbage", b"PK\x03\x04not a zip", b""])
+def test_item8_garbage_search_checkpoint_is_one_line(tmp_path, embedded, content):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(content)
+    result = CliRunner().invoke(main, ["search", "--data", str(embedded.train), "--out", str(out),
+                                       "--recipe", "demo", "--resume"])
+    assert "checkpoint.pt" in _one_line_error(result)
+
+
+def test_item8_stale_cache_symlink_and_partial_cache_entry_are_rebuilt(tmp_path, monkeypatch):
+    import dra_dali.data.embedded as embedded_module
+
+    def quick_build(root: Path) -> None:                       # the layout, without the photos
+        (root / "val" / "cat").mkdir(parents=True)
+        (root / "val" / "cat" / "0.jpg").write_bytes(_photo_jpeg(side=8))
+        (root / "dataset.json").write_text("{}")
+
+    monkeypatch.setattr(embedded_module, "_build", quick_build)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    entry = cache / "embedded-v2"
+    entry.symlink_to(tmp_path / "gone")                        # a dangling symlink
+    rebuilt = embedded_dataset(cache)
+    assert rebuilt.root == entry and not entry.is_symlink()
+    assert len(scan_images(rebuilt.val)) == 1
+    (entry / "dataset.json").unlink()                          # a partial entry
+    embedded_dataset(cache)
+    assert (entry / "dataset.json").is_file()
+    assert sorted(p.name for p in cache.iterdir()) == [entry.name]
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("scale=inf", "scale: must be a finite number, got inf"),
+    ("lr=1e30", "lr: 1e+30 is out of range"),
+    ("kl_weight=.nan", "kl_weight: must be a finite number, got nan"),
+])
+def test_item8_search_recipe_values_are_refused_before_any_work(tmp_path, embedded, setting,
+                                                                message):
+    import dra_dali.search  # noqa: F401  (imports are not what is timed)
+
+    started = time.perf_counter()
+    result = CliRunner().invoke(main, ["search", "--data", str(embedded.train), "--out",
+                                       str(tmp_path / "run"), "--recipe", "demo", "--set",
+                                       setting])
+    assert message in _one_line_error(result)
+    assert time.perf_counter() - started < 2 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--lr", "1e30"], "lr must be at most 10"),
+    (["--lr", "inf"], "lr must be a finite number"),
+    (["--weight-decay", "nan"], "weight_decay must be a finite number"),
+])
+def test_item8_train_values_are_refused_before_any_work(tmp_path, embedded, flags, message):
+    result = CliRunner().invoke(main, ["train", "--data", str(embedded.train), "--val-data",
+                                       str(embedded.val), "--policy", "none", "--out",
+                                       str(tmp_path / "run"), *flags])
+    assert message in _one_line_error(result)
+    assert not (tmp_path / "run").exists()
