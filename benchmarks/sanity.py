@@ -108,7 +108,8 @@ def run_job(job: Job) -> list[dict[str, Any]]:
     torch.manual_seed(job.seed)
     out = Path(job.args["out"]) / f"{job.method}-{job.transform}-seed{job.seed}"
     config = _config(job)
-    run_search(config, out, progress=False, force=True, val_transform=transform(job.transform, config.resolution, config.fill))
+    run_search(config, out, progress=False, force=True,
+               val_transform=transform(job.transform, config.resolution, config.fill))
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     checked = list(TRANSFORMS) if job.transform == CONTROL else [job.transform]
     ops = list(config.ops)
