@@ -76,6 +76,96 @@ def test_validation_loader_is_ordered_and_refuses_a_policy(embedded):
         DALILoader(embedded.val, Policy.preset("ta"), recipe="demo", train=False)
 
 
+# ----- the DataLoader surface trainers use ------------------------------------------------------
+
+def _cheap_policy() -> Policy:
+    """Three operators: a policy graph that builds in about a second (16 take several)."""
+    from dra_dali.policy import Layer
+
+    layer = Layer(logits=(0.0, 0.5, -0.5), mean=(0.5, 0.5, 0.0), std=(0.1, 0.1, 0.0))
+    return Policy(ops=("Rotate", "Color", "Invert"), layers=(layer,), resolution=32)
+
+
+def test_drop_last_gives_full_batches_each_sample_at_most_once(embedded):
+    subset = _indexed(embedded, per_class=4)                     # 40 samples, batch 6: 6 batches
+    loader = DALILoader(subset, recipe="demo", batch_size=6, num_threads=1, seed=1,
+                        drop_last=True)
+    assert (len(loader), loader.batch_size, loader.drop_last, len(loader.dataset)) == \
+        (6, 6, True, 40)
+    epochs = []
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)
+        batches = [t.tolist() for _, t in loader]
+        assert [len(b) for b in batches] == [6] * 6
+        ids = [i for b in batches for i in b]
+        assert len(set(ids)) == 36 and set(ids) <= set(range(40))
+        epochs.append(ids)
+    assert epochs[0] != epochs[1]
+
+
+def test_set_epoch_selects_the_epoch_order(embedded):
+    subset = _indexed(embedded, per_class=3)
+    natural = DALILoader(subset, recipe="demo", batch_size=8, num_threads=1, seed=4)
+    orders = [torch.cat([t for _, t in natural]).tolist() for _ in range(3)]
+    assert orders[0] != orders[1] != orders[2] and natural.epoch == 3
+    jumped = DALILoader(subset, recipe="demo", batch_size=8, num_threads=1, seed=4)
+    jumped.dataset.set_epoch(2)                                  # timm calls dataset.set_epoch
+    assert torch.cat([t for _, t in jumped]).tolist() == orders[2]
+    jumped.set_epoch(1)
+    assert torch.cat([t for _, t in jumped]).tolist() == orders[1]
+
+
+def test_break_does_not_read_the_rest_of_the_epoch(embedded):
+    subset = _indexed(embedded, per_class=4)
+    loader = DALILoader(subset, recipe="demo", batch_size=4, num_threads=1)
+    for step, _ in enumerate(loader):
+        if step == 1:
+            break
+    abandoned = loader._running["iterator"]
+    read = abandoned._counter
+    ids = torch.cat([t for _, t in loader]).tolist()            # the next epoch, whole
+    assert sorted(ids) == list(range(40))
+    assert abandoned._counter == read == 2 * 4                  # nothing more was decoded
+
+
+def test_state_dict_resumes_mid_epoch_exactly(embedded):
+    subset = _indexed(embedded, per_class=3)
+    policy = _cheap_policy()
+
+    def make():
+        return DALILoader(subset, policy, recipe="demo", batch_size=4, num_threads=1, seed=9)
+
+    first = make()
+    list(first)                                                 # epoch 0
+    it = iter(first)                                            # epoch 1
+    head = [next(it) for _ in range(3)]
+    state = first.state_dict()
+    assert (state["epoch"], state["batch"]) == (1, 3) and isinstance(state["dali"], bytes)
+    rest = list(it)
+    following = list(first)                                     # epoch 2
+
+    second = make()
+    second.load_state_dict(state)
+    second.set_epoch(1)                                         # a trainer re-announcing the epoch
+    resumed = list(second)
+    assert len(head) + len(resumed) == len(first) == 8
+    for (a, la), (b, lb) in zip(rest, resumed):
+        assert torch.equal(la, lb) and torch.equal(a, b)        # same images, same augmentation
+    for (a, la), (b, lb) in zip(following, second):
+        assert torch.equal(la, lb) and torch.equal(a, b)
+    assert first.state_dict() == {"format": "dra-dali-loader/1", "epoch": 3, "batch": 0,
+                                  "dali": None}
+
+
+def test_load_state_dict_refuses_a_foreign_state(embedded):
+    loader = DALILoader(_indexed(embedded, per_class=1), recipe="demo", batch_size=4)
+    with pytest.raises(ValueError, match="loader state: batch: expected 0..3"):
+        loader.load_state_dict({"format": "dra-dali-loader/1", "epoch": 0, "batch": 9,
+                                "dali": "x"})
+    with pytest.raises(ValueError, match="format"):
+        loader.load_state_dict({"epoch": 0})
+
+
 def _shard_worker(rank: int, world: int, init_file: str, subset: ImageList, out: str) -> None:
     import torch.distributed as dist
 
@@ -134,7 +224,7 @@ def test_shards_by_global_rank_under_torch_distributed(embedded, tmp_path):
     assert results[0]["len"] == results[1]["len"] == math.ceil(15 / 4)
     for epoch in range(2):
         a, b = (results[r]["epochs"][epoch] for r in range(2))
-        assert not set(a) & set(b)                               # different ranks, different samples
+        assert not set(a) & set(b)                               # other rank, other samples
         assert sorted(a + b) == list(range(30))                  # together: each sample once
 
 

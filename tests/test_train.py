@@ -138,7 +138,7 @@ def test_cli_training_beats_chance_on_the_embedded_dataset(embedded, tmp_path) -
     assert len(records) == 1
     final = records[0]
     assert final["train_images"] == 15 * 32 and final["val_images"] == 500
-    assert final["val_top1"] > 0.30, final                    # chance is 0.10
+    assert final["val_top1"] > 0.25, final                    # chance is 0.10
     assert final["val_top5"] >= final["val_top1"]
     assert final["images_per_s"] > 0
     summary = json.loads((out / "summary.json").read_text())

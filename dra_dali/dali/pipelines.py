@@ -4,7 +4,7 @@ A *pipeline recipe* (YAML in ``pipelines/``) fixes everything around the policy:
 resized crop for ImageNet-like data, pad-and-crop for CIFAR), the flip, Cutout, the normalisation
 and the validation resize. The graph is::
 
-    readers.file (files + labels from scan_images; shuffle, seed, shard_id/num_shards, pad_last_batch)
+    readers.file (files + labels of scan_images; shuffle, seed, shard_id/num_shards, pad_last_batch)
       -> decode: fused decode-and-random-crop (``decoders.image_random_crop``, "mixed" on GPU)
          for crop: random_resized, plain ``decoders.image`` otherwise
       -> resize to size x size  |  pad-crop  ->  flip  ->  augment(policy)
@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -50,6 +51,7 @@ __all__ = [
     "recipe_names",
     "load_recipe",
     "resolution_warning",
+    "resolve_policy",
     "build_train_pipeline",
     "build_val_pipeline",
     "build_preview_pipeline",
@@ -207,9 +209,10 @@ def load_recipe(recipe: "str | Path | PipelineRecipe | Mapping[str, Any]") -> Pi
         return PipelineRecipe.from_dict(recipe)
     path = find_recipe("pipelines", recipe)
     if path is None:
+        searched = ", ".join(map(str, recipe_dirs("pipelines"))) or "nothing"
         raise RecipeError(f"no pipeline recipe {str(recipe)!r}: not a file, and not one of the "
                           f"shipped recipes: {', '.join(recipe_names()) or 'none'} "
-                          f"(searched {', '.join(map(str, recipe_dirs('pipelines'))) or 'nothing'})")
+                          f"(searched {searched})")
     data = load_yaml(path, what="pipeline recipe", error=RecipeError)
     if isinstance(data, Mapping) and "name" not in data:
         data = {**data, "name": path.stem}
@@ -234,6 +237,44 @@ def resolution_warning(policy: Policy, recipe: PipelineRecipe) -> str | None:
             f"policy's range, {used:g} px at m = 1 ({100 * used / recipe.size:.0f} % of the "
             f"crop), not the {native:g} px a {recipe.size} px policy would use; set "
             f"'resolution: {recipe.size}' in the policy if that is what you want")
+
+
+def resolve_policy(spec: "Policy | str | Path | None", resolution: int) -> Policy | None:
+    """A policy given as an object, a YAML file, a preset name, or ``None`` / ``"none"``.
+
+    Args:
+        spec: the policy, a policy file, a preset name (``ra-n2-m9``, ``rand-m9-mstd0.5``,
+            ``dra-imagenet-resnet-50``) or ``None`` / ``"none"`` for no augmentation.
+        resolution: the pipeline's image side. A preset is made for it (its translate range is
+            the one of that size: ``ra-n2-m9`` at 32 px translates by up to 10 px, as RandAugment
+            does on CIFAR, not by the 100 px of 224 px images). Files and :class:`Policy`
+            objects are used as they are (:func:`resolution_warning` tells when they differ).
+
+    Raises:
+        PolicyError: the file is invalid, or the text is neither a file nor a preset (the
+            message lists what it tried).
+
+    Example:
+        >>> resolve_policy("ra-n2-m9", 32).resolution, resolve_policy("none", 32)
+        (32, None)
+    """
+    from dra_dali.policy import PolicyError
+
+    if spec is None or isinstance(spec, Policy):
+        return spec
+    text = str(spec)
+    if text.lower() == "none":
+        return None
+    if Path(text).exists() or Path(text).suffix in (".yaml", ".yml"):
+        return Policy.load(text)
+    try:
+        policy = Policy.preset(text)
+    except PolicyError as exc:
+        raise PolicyError(f"policy {text!r} is not a file and not a preset ({exc}); give a policy "
+                          "YAML file, a preset name, or 'none'") from None
+    if resolution != policy.resolution:
+        policy = dataclasses.replace(policy, resolution=resolution)
+    return policy
 
 
 # ----- graph pieces ------------------------------------------------------------------------------
@@ -315,13 +356,17 @@ def _labels(labels, device: str):
 
 
 def _pipeline_kwargs(recipe: PipelineRecipe, batch_size: int | None, num_threads: int | None,
-                     device: str, device_id: int | None, seed: int) -> dict[str, Any]:
+                     device: str, device_id: int | None, seed: int,
+                     checkpoint: str | None = None) -> dict[str, Any]:
     _check_device(device)
     if device == "gpu" and device_id is None:
         device_id = 0
+    # Checkpointing is always on (DALI: no cost while no checkpoint is taken), so that a loader
+    # can save its exact position at any step; ``checkpoint`` restores one.
     return {"batch_size": batch_size or recipe.batch_size,
             "num_threads": num_threads or recipe.num_threads,
-            "device_id": device_id if device == "gpu" else None, "seed": seed}
+            "device_id": device_id if device == "gpu" else None, "seed": seed,
+            "enable_checkpointing": True, "checkpoint": checkpoint}
 
 
 def build_train_pipeline(data: "str | Path | ImageList", policy: Policy | None = None,
@@ -329,7 +374,7 @@ def build_train_pipeline(data: "str | Path | ImageList", policy: Policy | None =
                          batch_size: int | None = None, device: str = "cpu",
                          device_id: int | None = None, num_threads: int | None = None,
                          seed: int = 0, shard_id: int = 0, num_shards: int = 1,
-                         shuffle: bool = True, warn: bool = True):
+                         shuffle: bool = True, warn: bool = True, checkpoint: str | None = None):
     """The training pipeline: reader, decode + random crop, flip, the policy, normalise.
 
     Args:
@@ -348,6 +393,9 @@ def build_train_pipeline(data: "str | Path | ImageList", policy: Policy | None =
         num_shards: number of shards (world size).
         shuffle: shuffle each epoch (a full permutation; the first epoch too).
         warn: emit :func:`resolution_warning` as a ``UserWarning`` when it applies.
+        checkpoint: a DALI checkpoint (``Pipeline.checkpoint()`` of a pipeline built with the
+            same arguments) to continue from; every pipeline is built with
+            ``enable_checkpointing=True``.
 
     Returns:
         An unbuilt :class:`nvidia.dali.Pipeline` with outputs ``images`` (N x 3 x size x size,
@@ -368,7 +416,7 @@ def build_train_pipeline(data: "str | Path | ImageList", policy: Policy | None =
     recipe = load_recipe(recipe)
     images_list = scan_images(data)
     kwargs = _pipeline_kwargs(recipe, batch_size, num_threads, device, device_id,
-                              seed + 7919 * shard_id)
+                              seed + 7919 * shard_id, checkpoint)
     if policy is not None and warn:
         message = resolution_warning(policy, recipe)
         if message:
@@ -411,7 +459,8 @@ def build_val_pipeline(data: "str | Path | ImageList",
                        recipe: "str | Path | PipelineRecipe" = "imagenet", *,
                        batch_size: int | None = None, device: str = "cpu",
                        device_id: int | None = None, num_threads: int | None = None,
-                       seed: int = 0, shard_id: int = 0, num_shards: int = 1):
+                       seed: int = 0, shard_id: int = 0, num_shards: int = 1,
+                       checkpoint: str | None = None):
     """The validation pipeline: reader (no shuffle), decode, resize shorter side, centre crop,
     normalise.
 
@@ -428,7 +477,7 @@ def build_val_pipeline(data: "str | Path | ImageList",
 
     recipe = load_recipe(recipe)
     images_list = scan_images(data)
-    kwargs = _pipeline_kwargs(recipe, batch_size, num_threads, device, device_id, seed)
+    kwargs = _pipeline_kwargs(recipe, batch_size, num_threads, device, device_id, seed, checkpoint)
 
     @pipeline_def(**kwargs)
     def val_pipeline():
