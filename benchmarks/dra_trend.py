@@ -7,7 +7,8 @@ the embedded 10-class photo set, 12 epochs) for several seeds on **untransformed
 reports, side by side with the starting point (every mu at 0.5, uniform weights):
 
 * the mean mu of the four blend operators (over both layers) after each epoch, per seed;
-* the top-1 operator (largest probability) of every layer of every seed.
+* the top-1 operator (largest probability) of every layer of every seed, and the range of the
+  operator probabilities (uniform: 1/16).
 
 Criteria of issue 9: the blend mean ends below 0.35 in every seed, and no operator is top-1 in
 every layer of every seed (before the fix, SolarizeAdd was top-1 in 6 of 6 layers: the
@@ -60,7 +61,9 @@ def run_seed(seed: int, args: argparse.Namespace, data: str) -> dict[str, Any]:
     curve = [blend_mean(h["mean"], policy.ops) for h in history]
     top1 = [policy.ops[max(range(len(policy.ops)), key=lambda i: layer.probabilities[i])]
             for layer in policy.layers]
+    probabilities = [p for layer in policy.layers for p in layer.probabilities]
     return {"seed": seed, "blend_mean": curve, "top1": top1, "seconds": round(seconds, 1),
+            "probability_range": [round(min(probabilities), 4), round(max(probabilities), 4)],
             "final_mean": {name: [round(layer.mean[policy.ops.index(name)], 3)
                                   for layer in policy.layers] for name in policy.ops}}
 
