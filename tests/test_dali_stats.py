@@ -67,7 +67,8 @@ def test_operator_frequencies_chi_square(drawn, skewed):
 
 
 def test_zero_probability_operator_has_no_branch(skewed):
-    """Rotate (logit -1e9 / -100) has no branch: no DALI Rotate operator exists in the graph."""
+    """Rotate (logit -1e9 / -100) has no branch: no rotation matrix exists in the graph (the
+    affine operators share one warp_affine; Rotate's matrix is a transforms.rotation)."""
     from nvidia.dali import fn, pipeline_def, types
 
     from dra_dali.dali import augment
@@ -81,8 +82,8 @@ def test_zero_probability_operator_has_no_branch(skewed):
         p._build_graph()
         return {type(op._op).__name__ for op in p._ops}
 
-    assert "Rotate" not in op_types(skewed)
-    assert "Rotate" in op_types(Policy.preset("ta"))             # the check can see it
+    assert "Rotation" not in op_types(skewed)
+    assert "Rotation" in op_types(Policy.preset("ta"))           # the check can see it
 
 
 def _clipped_parts(values: np.ndarray, scale: float):
