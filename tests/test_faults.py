@@ -305,3 +305,79 @@ def test_item8_train_values_are_refused_before_any_work(tmp_path, embedded, flag
                                        str(tmp_path / "run"), *flags])
     assert message in _one_line_error(result)
     assert not (tmp_path / "run").exists()
+
+
+# --- item 4: bombs fail fast ------------------------------------------------------------------
+
+_POLICY_HEAD = ("format: dra-policy/1\nops: [Rotate, Invert]\nresolution: 32\nscale: 1.0\n"
+                "apply_prob: [0.2, 0.8]\n")
+_LAYER = "- logits: [0.1, 0.2]\n  mean: [0.5, 0.5]\n  std: [0.1, 0.1]\n"
+
+
+def _alias_bomb(key: str = "provenance") -> str:
+    """~1.5 KB: nine levels of nine aliases each (9**9 = 387 million leaves once expanded)."""
+    lines = [f"{key}:", '  l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    return "\n".join(lines) + "\n"
+
+
+def _crafted_policies() -> dict[str, bytes]:
+    deep = "[" * 5000 + "]" * 5000
+    return {
+        "alias-bomb": (_POLICY_HEAD + "layers:\n" + _LAYER + _alias_bomb()).encode(),
+        "binary": bytes(range(256)) * 64,
+        "deep-nesting": (_POLICY_HEAD + "layers:\n" + _LAYER + f"provenance: {{x: {deep}}}\n"
+                         ).encode(),
+        "huge-mean-std": (_POLICY_HEAD + "layers:\n- logits: [0.1, 0.2]\n  mean: [1e300, 0.5]\n"
+                          "  std: [0.1, 1e300]\n").encode(),
+        "200-layers": (_POLICY_HEAD + "layers:\n" + _LAYER * 200).encode(),
+    }
+
+
+def _fails_fast(args: list[str]) -> str:
+    """Run a command that must fail: one line, under 2 s, under 200 MiB of Python allocations
+    (measured in a second run: tracing allocations slows Python down several times)."""
+    started = time.perf_counter()
+    result = CliRunner().invoke(main, args)
+    seconds = time.perf_counter() - started
+    line = _one_line_error(result)
+    tracemalloc.start()
+    CliRunner().invoke(main, args)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert seconds < 2 and peak < 200 * 2**20, (args[0], seconds, peak / 2**20)
+    return line
+
+
+@pytest.fixture(scope="module")
+def warm_imports():
+    """Import what the commands import, so that the timings measure the checks only."""
+    import dra_dali.dali.export  # noqa: F401
+    import dra_dali.search  # noqa: F401
+    import dra_dali.train  # noqa: F401
+    import dra_dali.viz  # noqa: F401
+
+
+@pytest.mark.parametrize("case", sorted(_crafted_policies()))
+def test_item4_crafted_policies_fail_fast_in_show_compile_and_train(tmp_path, embedded, case,
+                                                                   warm_imports):
+    path = tmp_path / f"{case}.yaml"
+    path.write_bytes(_crafted_policies()[case])
+    for args in (["show", str(path)],
+                 ["compile", str(path), "--out", str(tmp_path / "compiled")],
+                 ["train", "--data", str(embedded.train), "--val-data", str(embedded.val),
+                  "--policy", str(path), "--out", str(tmp_path / "run"), "--pipeline", "demo"]):
+        line = _fails_fast(args)
+        assert f"{case}.yaml" in line, (args[0], line)
+
+
+def test_item4_crafted_recipes_fail_fast(tmp_path, embedded, warm_imports):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_alias_bomb("provenance"))
+    line = _fails_fast(["search", "--data", str(embedded.train), "--out", str(tmp_path / "s"),
+                        "--recipe", str(bomb)])
+    assert "bomb.yaml" in line
+    line = _fails_fast(["train", "--data", str(embedded.train), "--val-data", str(embedded.val),
+                        "--policy", "none", "--out", str(tmp_path / "t"), "--pipeline",
+                        str(bomb)])
+    assert "bomb.yaml" in line
