@@ -15,7 +15,7 @@ import pytest
 from scipy import stats
 
 from dra_dali.dali import apply_policy
-from dra_dali.ops import PAPER_OPS, OPS
+from dra_dali.ops import OPS, PAPER_OPS
 from dra_dali.policy import Layer, Policy
 
 N_IMAGES = 4000
