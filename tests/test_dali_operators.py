@@ -455,8 +455,8 @@ def _placement(device: str, policy_name: str = "dra-imagenet-resnet-50"):
 def test_gpu_graph_places_image_work_on_gpu():
     gpu, gpu_outputs = _placement("gpu")
     cpu, cpu_outputs = _placement("cpu")
-    assert gpu_outputs == ["gpu", "cpu", "cpu", "cpu", "cpu"]    # images; trace stays on the CPU
-    assert cpu_outputs == ["cpu"] * 5
+    assert gpu_outputs == ["gpu"] + ["cpu"] * 7                  # images; trace stays on the CPU
+    assert cpu_outputs == ["cpu"] * 8
     assert set(gpu) == set(cpu)                                  # same graph, other placement
     for name in _IMAGE_OPS & set(gpu):
         assert gpu[name] == {"gpu"}, f"{name} runs on {gpu[name]} in the GPU graph"
