@@ -49,11 +49,15 @@ def show(policy: Path, plot: Path | None) -> None:
 @click.argument("name")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Policy file to write (YAML).")
-def preset(name: str, output: Path) -> None:
-    """Write a ready policy: ra-n2-m9[-mstd0.5], timm strings (rand-m9-n2-mstd0.5), ta, or one of
-    the paper's searched policies (dra-imagenet-resnet-50, ...)."""
+@click.option("--resolution", type=int, default=None,
+              help="Adapt the preset to this training resolution (the translate range follows "
+                   "it); default: the preset's own (224, or the paper's for dra-*).")
+def preset(name: str, output: Path, resolution: int | None) -> None:
+    """Write a ready policy: ra-n2-m9[-mstd0.5], rastar-n2-m10 (the DRA paper's RA*), timm
+    strings (rand-m9-n2-mstd0.5), ta, or one of the paper's searched policies
+    (dra-imagenet-resnet-50, ...)."""
     try:
-        policy = Policy.preset(name)
+        policy = Policy.preset(name, resolution=resolution)
     except PolicyError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{name} written to {policy.save(output)}")

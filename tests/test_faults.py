@@ -381,3 +381,120 @@ def test_item4_crafted_recipes_fail_fast(tmp_path, embedded, warm_imports):
                         "--policy", "none", "--out", str(tmp_path / "t"), "--pipeline",
                         str(bomb)])
     assert "bomb.yaml" in line
+
+
+# --- done-when: a kill loop loses nothing (slow) ------------------------------------------------
+
+def _command(args: list[str]) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "dra_dali.cli", *args]
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+def _wait_for_lock(out: Path, pid: int, proc, timeout: float = 120.0) -> bool:
+    """True once the process holds the run directory (its pid in ``.lock``); False if it
+    exited first."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            if f"pid {pid} " in (out / ".lock").read_text():
+                return True
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise AssertionError(f"{out}: the run never took its lock")
+
+
+def _timed_run(args: list[str], out: Path) -> float:
+    """Run to the end; the seconds from taking the lock to exiting."""
+    import subprocess
+
+    proc = subprocess.Popen(_command(args), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    assert _wait_for_lock(out, proc.pid, proc)
+    started = time.perf_counter()
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    return time.perf_counter() - started
+
+
+def _kill_sequence(args: list[str], out: Path, kills: int, window: float, rng) -> dict:
+    """One run in ``out``: SIGKILL it up to ``kills`` times at random moments of its working
+    time (after it took its lock), each time continuing with --resume (or starting again when
+    no checkpoint was written yet), until it finishes. Returns what happened."""
+    import signal
+    import subprocess
+
+    done = {"kills": 0, "runs": 0, "temp_left_by_kill": 0}
+    while True:
+        resume = ["--resume"] if (out / "checkpoint.pt").exists() else []
+        proc = subprocess.Popen(_command(args + resume), env=_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        done["runs"] += 1
+        if done["kills"] < kills and _wait_for_lock(out, proc.pid, proc):
+            time.sleep(rng.uniform(0, window))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                done["kills"] += 1
+                done["temp_left_by_kill"] += bool(list(out.glob(".*.tmp-*")))
+                continue
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+        return done
+
+
+def _kill_loop(args: list[str], root: Path, kills: int, window: float, check) -> list[dict]:
+    """Kill sequences in fresh run directories until ``kills`` SIGKILLs were sent; ``check(out)``
+    compares each finished run with the uninterrupted one."""
+    import random
+
+    rng = random.Random(14)
+    reports: list[dict] = []
+    while sum(r["kills"] for r in reports) < kills:
+        out = root / f"killed-{len(reports)}"
+        left = kills - sum(r["kills"] for r in reports)
+        reports.append(_kill_sequence(args + ["--out", str(out)], out, left, window, rng))
+        check(out)
+    return reports
+
+
+def _records(out: Path) -> list[dict]:
+    import json
+
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _same_records(a: list[dict], b: list[dict], timing: set[str]) -> None:
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
+    for x, y in zip(a, b):
+        assert {k: v for k, v in x.items() if k not in timing} == \
+               {k: v for k, v in y.items() if k not in timing}, (x, y)
+
+
+@pytest.mark.slow
+def test_kill_loop_search_loses_nothing(tmp_path, embedded):
+    from dra_dali.policy import Policy
+
+    args = ["search", "--data", str(embedded.train), "--recipe", "demo", "--epochs", "4",
+            "--batch-size", "8", "--set", "images_per_class=8", "--set", "proxy_classes=4"]
+    reference = tmp_path / "reference"
+    window = _timed_run(args + ["--out", str(reference)], reference)
+    def check(out: Path) -> None:
+        _same_records(_records(out), _records(reference), timing={"seconds"})
+        assert [r["epoch"] for r in _records(out)] == [0, 1, 2, 3, 4]
+        a, b = Policy.load(out / "policy.yaml"), Policy.load(reference / "policy.yaml")
+        assert a.layers == b.layers and a.ops == b.ops
+        assert not list(out.glob(".*.tmp-*")) and not list(out.glob("*.tmp"))
+
+    reports = _kill_loop(args, tmp_path, kills=20, window=window, check=check)
+    print(f"search kill loop: {reports}; working time of one run {window:.1f} s")

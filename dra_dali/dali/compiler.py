@@ -29,7 +29,7 @@ from nvidia.dali import fn, types
 from nvidia.dali import math as dmath
 from nvidia.dali.data_node import DataNode
 
-from dra_dali.dali.draws import NEGLIGIBLE_PROBABILITY, draws
+from dra_dali.dali.draws import NEGLIGIBLE_PROBABILITY, LayerDraws, policy_draws
 from dra_dali.dali.operators import (
     INTERPOLATIONS,
     DaliKernel,
@@ -55,17 +55,24 @@ class AugmentTrace:
         op: int32 index into ``policy.ops`` of the operator drawn in each layer.
         sign: int32 +1/-1 (always +1 for unsigned operators).
         magnitude: float32 clipped magnitude (0 for magnitude-free operators).
-        applied: uint8 1 where the layer's apply coin came up, else 0.
+        applied: uint8 1 where the operator ran (its apply coin and the gate came up), else 0.
+        level: int32 categorical magnitude level per layer, -1 where not categorical.
+        subpolicy: int32 scalar per sample: the sub-policy drawn (0 without sub-policies).
+        gate: uint8 scalar per sample: 1 where the image passed the gate (1 without a gate).
     """
 
     op: DataNode
     sign: DataNode
     magnitude: DataNode
     applied: DataNode
+    level: DataNode
+    subpolicy: DataNode
+    gate: DataNode
 
-    def outputs(self) -> tuple[DataNode, DataNode, DataNode, DataNode]:
-        """The four DataNodes in field order, to return from a pipeline definition."""
-        return self.op, self.sign, self.magnitude, self.applied
+    def outputs(self) -> tuple[DataNode, ...]:
+        """The seven DataNodes in field order, to return from a pipeline definition."""
+        return (self.op, self.sign, self.magnitude, self.applied, self.level, self.subpolicy,
+                self.gate)
 
 
 def _table(values: Sequence[float], index: DataNode, dtype=np.float64, node: bool = False):
@@ -80,6 +87,8 @@ def _table(values: Sequence[float], index: DataNode, dtype=np.float64, node: boo
 def _fixed_magnitudes(policy: Policy, j: int, names: Sequence[str]) -> np.ndarray | None:
     """Per active operator the magnitude of layer ``j`` when it is not random (normal with
     std 0, as in RandAugment), else None."""
+    if policy.kind != "layers" or not policy.layers[j].is_format1:
+        return None        # format-2 magnitudes and sub-policies: drawn per sample
     layer = policy.layers[j]
     index = [policy.ops.index(n) for n in names]
     if layer.dist != "normal" or any(layer.std[i] > 0 for i in index):
@@ -87,31 +96,31 @@ def _fixed_magnitudes(policy: Policy, j: int, names: Sequence[str]) -> np.ndarra
     return np.clip([layer.mean[i] for i in index], 0.0, policy.scale)
 
 
+def _floors(kernel: DaliKernel) -> bool:
+    """The kernel uses the integer part of its parameter (catalog rounding, or PIL's int())."""
+    return kernel.integer or OPS[kernel.name].rounding == "floor"
+
+
 def _parameters(kernels: list[DaliKernel], branch, magnitude, sign, resolution: int,
                 fixed: np.ndarray | None = None):
     """The parameter ``v`` of each sample's operator, computed once for all branches: the
-    catalog's ``clamp(identity + sign * slope * m, lower, upper)`` (floored where the row or the
-    kernel says so) with per-sample rows of float64 tables, as ``ops.parameter_array`` does.
-    With ``fixed`` magnitudes the parameters are precomputed by the catalog (one table lookup
-    over operator and sign)."""
+    catalog's ``clamp(identity + sign * slope * m, lower, upper)`` with per-sample rows of
+    float64 tables, as ``ops.parameter_array`` does (the floor, where a kernel needs it, is taken
+    inside its branch). With ``fixed`` magnitudes the parameters, floors included, are
+    precomputed by the catalog (one table lookup over operator and sign)."""
     specs = [OPS[k.name] for k in kernels]
-    floor = [float(s.rounding == "floor" or k.integer) for s, k in zip(specs, kernels)]
     if fixed is not None:
-        table = [[parameter(s.name, m, sign, resolution) for sign in (-1, 1)]
-                 for s, m in zip(specs, fixed)]
-        table = np.where(np.array(floor)[:, None] > 0, np.floor(table), table)
-        return _table(np.asarray(table, np.float32).ravel(), branch * 2 + (sign > 0), np.float32,
+        table = np.array([[parameter(s.name, m, sign, resolution) for sign in (-1, 1)]
+                          for s, m in zip(specs, fixed)])
+        table = np.where(np.array([_floors(k) for k in kernels])[:, None], np.floor(table), table)
+        return _table(table.astype(np.float32).ravel(), branch * 2 + (sign > 0), np.float32,
                       node=True)
     bounds = np.clip([s.bounds_at(resolution) for s in specs], -_HUGE, _HUGE)
+    # int32 sign x float64 slope x float32 magnitude: float64 products (no casts needed)
     value = (_table([s.identity for s in specs], branch)
-             + fn.cast(sign, dtype=types.FLOAT64)
-             * _table([s.slope_at(resolution) for s in specs], branch)
-             * fn.cast(magnitude, dtype=types.FLOAT64))
+             + sign * _table([s.slope_at(resolution) for s in specs], branch, node=True)
+             * magnitude)
     value = dmath.clamp(value, _table(bounds[:, 0], branch), _table(bounds[:, 1], branch))
-    if all(floor):
-        value = dmath.floor(value)
-    elif any(floor):
-        value = value - _table(floor, branch) * (value - dmath.floor(value))
     return fn.cast(value, dtype=types.FLOAT)
 
 
@@ -172,49 +181,61 @@ def _leaves(kernels: list[DaliKernel]) -> tuple[list[_Leaf], list[int]]:
     return leaves, leaf_of
 
 
-def _run_leaf(leaf: _Leaf, images, v, matrix, fill: int, interpolation: str):
+@dataclass(frozen=True)
+class _Branches:
+    """A layer's dispatch: its branches and what every branch receives besides the images."""
+
+    leaves: list[_Leaf]
+    v: DataNode
+    matrix: DataNode | None
+    floored: bool                   # v is floored where kernels need it (precomputed table)
+    fill: int
+    interpolation: str
+
+
+def _run_leaf(leaf: _Leaf, images, b: _Branches):
     if leaf.kernel is None:
-        return warp(images, matrix, fill, interpolation)
-    return leaf.kernel.apply(images, v, fill=fill, interpolation=interpolation)
+        return warp(images, b.matrix, b.fill, b.interpolation)
+    v = dmath.floor(b.v) if _floors(leaf.kernel) and not b.floored else b.v
+    return leaf.kernel.apply(images, v, fill=b.fill, interpolation=b.interpolation)
 
 
-def _dispatch(leaves, lo: int, hi: int, leaf, images, v, matrix, fill, interpolation):
-    """Run ``leaves[leaf]`` per sample: a binary split over the branch index (as
+def _dispatch(b: _Branches, lo: int, hi: int, leaf, images):
+    """Run ``b.leaves[leaf]`` per sample: a binary split over the branch index (as
     ``nvidia.dali.auto_aug.core.select``), so each branch sees only its own samples."""
     if lo == hi:
-        return _run_leaf(leaves[lo], images, v, matrix, fill, interpolation)
+        return _run_leaf(b.leaves[lo], images, b)
     mid = (lo + hi) // 2
     if leaf <= mid:
-        out = _dispatch(leaves, lo, mid, leaf, images, v, matrix, fill, interpolation)
+        out = _dispatch(b, lo, mid, leaf, images)
     else:
-        out = _dispatch(leaves, mid + 1, hi, leaf, images, v, matrix, fill, interpolation)
+        out = _dispatch(b, mid + 1, hi, leaf, images)
     return out
 
 
-def _apply_layer(images, policy: Policy, j: int, names, branch, magnitude, sign, applied,
-                 interpolation: str):
+def _apply_layer(images, policy: Policy, j: int, layer: LayerDraws, interpolation: str):
     """The conditional part of a layer: only applied samples whose operator is not a
     passthrough reach the branches; the parameters and the affine matrix are computed before
     the split, once for all branches."""
     table = dali_kernels()
-    kernels = [table[name] for name in names]
+    kernels = [table[name] for name in layer.names]
     leaves, leaf_of = _leaves(kernels)
-    lo, hi = policy.apply_prob
-    if not leaves or hi <= 0.0:
+    if not leaves or layer.coin == "never":
         return images
-    v = _parameters(kernels, branch, magnitude, sign, policy.resolution,
-                    _fixed_magnitudes(policy, j, names))
+    branch = layer.branch
+    fixed = _fixed_magnitudes(policy, j, layer.names)
+    v = _parameters(kernels, branch, layer.magnitude, layer.sign, policy.resolution, fixed)
     matrix = (_affine_matrix(kernels, branch, v, images)
               if any(leaf.kernel is None for leaf in leaves) else None)
+    b = _Branches(leaves, v, matrix, fixed is not None, policy.fill, interpolation)
     leaf = _table(leaf_of, branch, np.int32) if len(leaves) > 1 or -1 in leaf_of else 0
-    go = applied if lo < 1.0 else None
+    go = layer.applied if layer.coin == "random" else None
     if -1 in leaf_of:
         go = leaf >= 0 if go is None else go * (leaf >= 0)
-    last, fill = len(leaves) - 1, policy.fill
     if go is None:
-        images = _dispatch(leaves, 0, last, leaf, images, v, matrix, fill, interpolation)
+        images = _dispatch(b, 0, len(leaves) - 1, leaf, images)
     elif go:
-        images = _dispatch(leaves, 0, last, leaf, images, v, matrix, fill, interpolation)
+        images = _dispatch(b, 0, len(leaves) - 1, leaf, images)
     return images
 
 
@@ -257,17 +278,14 @@ def augment(images: DataNode, policy: Policy, trace: bool = False, seed: int | N
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"augment: interpolation must be one of {sorted(INTERPOLATIONS)}, got "
                          f"{interpolation!r}")
-    columns = []
-    for j in range(policy.depth):
-        layer_seed = None if seed is None else seed * 1000 + 10 * j
-        names, branch, op_index, sign, magnitude, applied = draws(policy, j, layer_seed)
-        images = _apply_layer(images, policy, j, names, branch, magnitude, sign, applied,
-                              interpolation)
-        columns.append((op_index, sign, magnitude, applied))
+    drawn = policy_draws(policy, seed)
+    for j, layer in enumerate(drawn.layers):
+        images = _apply_layer(images, policy, j, layer, interpolation)
     if not trace:
         return images
-    stacked = [fn.stack(*[c[f] for c in columns]) for f in range(4)]
-    return images, AugmentTrace(*stacked)
+    stacked = [fn.stack(*[getattr(layer, f) for layer in drawn.layers])
+               for f in ("op", "sign", "magnitude", "applied", "level")]
+    return images, AugmentTrace(*stacked, subpolicy=drawn.subpolicy, gate=drawn.gate)
 
 
 def _checked_images(images) -> list[np.ndarray]:
@@ -299,14 +317,14 @@ def _check_target(policy, device: str) -> None:
 
 
 def _run_batches(pipe, items: list[np.ndarray], batch: int, trace: bool):
-    """Feed ``items`` in batches; the images and, with ``trace``, the four trace columns."""
+    """Feed ``items`` in batches; the images and, with ``trace``, the seven trace columns."""
     results: list[np.ndarray] = []
-    columns: list[list[np.ndarray]] = [[], [], [], []]
+    columns: list[list[np.ndarray]] = [[] for _ in range(7)]
     for start in range(0, len(items), batch):
         pipe.feed_input("images", items[start:start + batch])
         outputs = [o.as_cpu() if hasattr(o, "as_cpu") else o for o in pipe.run()]
         results.extend(np.array(o) for o in outputs[0])
-        for f in range(4 if trace else 0):
+        for f in range(7 if trace else 0):
             columns[f].append(np.stack([np.array(x) for x in outputs[1 + f]]))
     return results, columns
 
@@ -368,7 +386,9 @@ def apply_policy(policy: Policy, images: np.ndarray | Sequence[np.ndarray], seed
     out = np.stack(results) if len({r.shape for r in results}) == 1 else results
     if not trace:
         return out
-    op, sign, magnitude, applied = (np.concatenate(c) for c in columns)
+    op, sign, magnitude, applied, level, subpolicy, gate = (np.concatenate(c) for c in columns)
     sample = PolicySample(op=op.astype(np.int64), sign=sign.astype(np.int64),
-                          magnitude=magnitude.astype(np.float64), applied=applied.astype(bool))
+                          magnitude=magnitude.astype(np.float64), applied=applied.astype(bool),
+                          level=level.astype(np.int64), subpolicy=subpolicy.astype(np.int64),
+                          gate=gate.astype(bool))
     return out, sample
