@@ -173,7 +173,7 @@ def _plot_curves(result: DemoResult, path: Path) -> Path:
     ax.set_ylabel("validation top-1 (%)")
     seeds = len(result.seeds)
     ax.set_title(f"{_MODEL} on the embedded dataset, 32 px"
-                 + (f" (mean and range over {seeds} seeds)" if seeds > 1 else ""))
+                 + (f"\nmean and range over {seeds} seeds" if seeds > 1 else ""), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
