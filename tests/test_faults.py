@@ -154,7 +154,7 @@ def test_item2_search_and_train_refuse_a_corrupt_but_decodable_jpeg(tmp_path):
     data = _folder(tmp_path / "d", {"a/garbled.jpg": corrupt_but_decodable_jpeg()})
     with pytest.raises(DataError, match=r"a/garbled.jpg: corrupt: corrupt JPEG data"):
         _proxy(data)
-    with pytest.raises(TrainError, match=r"(?s)--data: .*a/garbled.jpg: corrupt: corrupt JPEG"):
+    with pytest.raises(TrainError, match=r"(?s)data: .*a/garbled.jpg: corrupt: corrupt JPEG"):
         check_datasets(str(data), str(data))
 
 
@@ -295,9 +295,9 @@ def test_item8_search_recipe_values_are_refused_before_any_work(tmp_path, embedd
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--lr", "1e30"], "lr must be at most 10"),
-    (["--lr", "inf"], "lr must be a finite number"),
-    (["--weight-decay", "nan"], "weight_decay must be a finite number"),
+    (["--lr", "1e30"], "train.lr: must be at most 10"),
+    (["--lr", "inf"], "train.lr: must be a finite number"),
+    (["--weight-decay", "nan"], "train.weight_decay: must be a finite number"),
 ])
 def test_item8_train_values_are_refused_before_any_work(tmp_path, embedded, flags, message):
     result = CliRunner().invoke(main, ["train", "--data", str(embedded.train), "--val-data",
