@@ -7,18 +7,24 @@ Everything runs in this one script, interleaved in rounds, on the same JPEG file
 (c) ÷ a PIL RandAugment (n=2, m=9) torch DataLoader with as many workers as DALI has threads
     (torchvision/timm do not import next to torch 2.13 here, so the PIL baseline applies the PIL
     reference operators of ``tests/pil_reference.py`` with torchvision's RandomResizedCrop rule),
-(d) the cost per operator: one operator on pre-decoded 224 px images minus a plain copy.
+(d) the compiled ``ra-n2-m9`` ÷ DALI's ``rand_augment(n=2, m=9)``, both bilinear, and both with
+    nearest-neighbour geometric operators (variants ``...@nearest``),
+(e) the cost per operator: one operator on pre-decoded images minus a plain copy.
 
-Every DALI pipeline is: file reader (shuffled) -> CPU JPEG decode -> random-resized-crop 224 ->
-[augmentation] -> flip + normalise to NCHW float (``crop_mirror_normalize``).
+Every DALI pipeline is: file reader (shuffled) -> JPEG decode -> random-resized-crop ->
+[augmentation] -> flip + normalise to NCHW float (``crop_mirror_normalize``). On ``--device gpu``
+the decoder is ``mixed`` and every image operator runs on the GPU; ``--train-model resnet50`` also
+times each pipeline feeding a training step (forward, backward, SGD; AMP and channels-last on
+the GPU), which is what ``benchmarks/gpu.sh`` runs on a GPU node.
 
 The JPEGs are ImageNet-like (500 x 375 or 375 x 500, quality 90), cut from the photos that
 scikit-image and scikit-learn ship, written to a temporary folder.
 
 Run:
-    python benchmarks/dali_throughput.py                 # about 3 minutes on 2 cores
-    python benchmarks/dali_throughput.py --quick         # about 40 s, fewer rounds
+    python benchmarks/dali_throughput.py                 # about 4 minutes on 2 cores
+    python benchmarks/dali_throughput.py --quick         # about 1 minute, fewer rounds
     python benchmarks/dali_throughput.py --json out.json
+    bash benchmarks/gpu.sh                               # a GPU node: the table with ResNet-50
 """
 
 from __future__ import annotations
@@ -78,33 +84,48 @@ def make_jpegs(folder: Path, count: int = 64, seed: int = 0) -> list[str]:
 
 
 # ----- DALI pipelines -----------------------------------------------------------------------------
-def dali_pipeline(files: list[str], variant: str, batch_size: int, threads: int, seed: int = 0):
-    """Reader -> decode -> RRC 224 -> augmentation ``variant`` -> flip + normalise (CPU)."""
+def variant_parts(variant: str) -> tuple[str, str]:
+    """``"ra-n2-m9@nearest"`` -> ``("ra-n2-m9", "nearest")``; default interpolation linear."""
+    name, _, interpolation = variant.partition("@")
+    return name, interpolation or "linear"
+
+
+def dali_pipeline(files: list[str], variant: str, batch_size: int, threads: int, seed: int = 0,
+                  device: str = "cpu", size: int = 224, build: bool = True):
+    """Reader -> decode -> RRC ``size`` -> augmentation ``variant`` -> flip + normalise.
+
+    ``variant``: ``none``, ``dali-rand-augment`` or a preset name, optionally ``@nearest``.
+    On ``device="gpu"`` the decoder is mixed and the image operators run on the GPU.
+    """
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali.auto_aug import rand_augment
 
     from dra_dali import Policy
     from dra_dali.dali import augment
 
-    policy = Policy.preset(variant) if variant not in ("none", "dali-rand-augment") else None
+    name, interpolation = variant_parts(variant)
+    policy = Policy.preset(name) if name not in ("none", "dali-rand-augment") else None
+    interp = {"linear": types.INTERP_LINEAR, "nearest": types.INTERP_NN}[interpolation]
 
-    @pipeline_def(enable_conditionals=variant != "none", batch_size=batch_size,
-                  num_threads=threads, device_id=None, seed=seed)
+    @pipeline_def(enable_conditionals=name != "none", batch_size=batch_size,
+                  num_threads=threads, device_id=0 if device == "gpu" else None, seed=seed)
     def pipe():
         jpegs, labels = fn.readers.file(files=files, labels=[0] * len(files),
                                         random_shuffle=True, seed=seed, name="reader")
-        images = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
-        images = fn.random_resized_crop(images, size=[224, 224], random_area=[0.08, 1.0])
-        if variant == "dali-rand-augment":
-            images = rand_augment.rand_augment(images, n=2, m=9)
+        images = fn.decoders.image(jpegs, device="mixed" if device == "gpu" else "cpu",
+                                   output_type=types.RGB)
+        images = fn.random_resized_crop(images, size=[size, size], random_area=[0.08, 1.0])
+        if name == "dali-rand-augment":
+            images = rand_augment.rand_augment(images, n=2, m=9, interp_type=interp)
         elif policy is not None:
-            images = augment(images, policy)
+            images = augment(images, policy, interpolation=interpolation)
         images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
                                           mean=MEAN, std=STD, mirror=fn.random.coin_flip())
         return images, labels
 
     p = pipe()
-    p.build()
+    if build:
+        p.build()
     return p
 
 
@@ -128,17 +149,74 @@ def op_pipeline(name: str | None, batch_size: int, threads: int):
     return p
 
 
-def time_dali(pipe, batches: int, warmup: int = 2) -> tuple[float, float]:
-    """(images per wall-clock second, CPU milliseconds per image) over ``batches`` runs.
+class TrainStep:
+    """One training step of ``model`` on a pipeline's batch: forward, cross-entropy, backward,
+    SGD; AMP (bfloat16) and channels-last on the GPU. The batch goes to torch without a copy
+    through the host on the GPU (``feed_ndarray``)."""
+
+    def __init__(self, model: str, device: str, num_classes: int = 1000):
+        import torch
+
+        from dra_dali.models import create_model
+
+        self.gpu = device == "gpu"
+        self.device = torch.device("cuda" if self.gpu else "cpu")
+        net = create_model(model, num_classes=num_classes).to(self.device)
+        self.model = net.to(memory_format=torch.channels_last) if self.gpu else net
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+
+    def _to_torch(self, outputs):
+        import torch
+
+        images, labels = outputs[0].as_tensor(), outputs[1]
+        if not self.gpu:
+            return (torch.from_numpy(np.array(images)),
+                    torch.from_numpy(np.array(labels.as_tensor())).long().view(-1))
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        x = torch.empty(images.shape(), dtype=torch.float32, device=self.device)
+        feed_ndarray(images, x, cuda_stream=torch.cuda.current_stream())
+        y = torch.from_numpy(np.array(labels.as_cpu().as_tensor())).long().view(-1)
+        return x.contiguous(memory_format=torch.channels_last), y.to(self.device)
+
+    def __call__(self, outputs) -> None:
+        import torch
+
+        x, y = self._to_torch(outputs)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.gpu):
+            loss = torch.nn.functional.cross_entropy(self.model(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def synchronize(self) -> None:
+        if self.gpu:
+            import torch
+
+            torch.cuda.synchronize()
+
+
+def time_dali(pipe, batches: int, warmup: int = 2, step=None) -> tuple[float, float]:
+    """(images per wall-clock second, CPU milliseconds per image) over ``batches`` runs, each
+    followed by ``step(outputs)`` when given.
 
     The CPU time is this process's (DALI's worker threads included): unlike the wall clock it
     hardly changes when other programs compete for the cores.
     """
+    def run():
+        outputs = pipe.run()
+        if step is not None:
+            step(outputs)
+
     for _ in range(warmup):
-        pipe.run()
+        run()
+    if step is not None:
+        step.synchronize()
     start, cpu = time.perf_counter(), time.process_time()
     for _ in range(batches):
-        pipe.run()
+        run()
+    if step is not None:
+        step.synchronize()
     images = batches * pipe.max_batch_size
     return (images / (time.perf_counter() - start),
             1000 * (time.process_time() - cpu) / images)
@@ -222,13 +300,20 @@ def time_pil(files: list[str], batch_size: int, workers: int,
 
 
 # ----- main ---------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved repetitions")
     parser.add_argument("--batches", type=int, default=8, help="timed batches per measurement")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="DALI threads = PIL workers")
     parser.add_argument("--policy", default="dra-imagenet-resnet-50", help="compiled preset")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--size", type=int, default=224, help="crop side in pixels")
+    parser.add_argument("--jpegs", type=int, default=64, help="JPEG files to read")
+    parser.add_argument("--train-model", help="also time a training step of this model "
+                        "(dra_dali.models name: resnet50, resnet-tiny, ...)")
+    parser.add_argument("--nearest", action="store_true",
+                        help="also the variants with nearest-neighbour geometric operators")
     parser.add_argument("--quick", action="store_true", help="2 rounds, 4 batches")
     parser.add_argument("--skip-pil", action="store_true")
     parser.add_argument("--skip-ops", action="store_true")
@@ -236,88 +321,128 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.batches = 2, 4
+    return args
 
-    import nvidia.dali
 
+def variants(args) -> list[str]:
+    names = ["none", "dali-rand-augment", "ra-n2-m9", args.policy]
+    if args.nearest:
+        names += [f"{n}@nearest" for n in names[1:]]
+    return names
+
+
+def measure(args, files: list[str]) -> tuple[dict, dict]:
+    """Interleaved rounds over every variant (and its training-step twin): images/s and CPU ms."""
+    step = TrainStep(args.train_model, args.device) if args.train_model else None
+    pipes = {v: dali_pipeline(files, v, args.batch_size, args.threads, device=args.device,
+                              size=args.size) for v in variants(args)}
+    keys = list(pipes) + ([f"{v} + {args.train_model}" for v in pipes] if step else [])
+    keys += [] if args.skip_pil else ["pil-rand-augment"]
+    rates: dict[str, list[float]] = {k: [] for k in keys}
+    cpu_ms: dict[str, list[float]] = {k: [] for k in keys}
+    for r in range(args.rounds):
+        order = list(pipes)[r % len(pipes):] + list(pipes)[:r % len(pipes)]
+        for v in order:
+            for key, with_step in [(v, None)] + ([(f"{v} + {args.train_model}", step)]
+                                                  if step else []):
+                rate, cost = time_dali(pipes[v], args.batches, step=with_step)
+                rates[key].append(rate)
+                cpu_ms[key].append(cost)
+        if not args.skip_pil:
+            rate, cost = time_pil(files, args.batch_size, args.threads, args.batches)
+            rates["pil-rand-augment"].append(rate)
+            cpu_ms["pil-rand-augment"].append(cost)
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+            f"{k} {v[-1]:.0f}/s" for k, v in rates.items() if v), flush=True)
+    return rates, cpu_ms
+
+
+def operator_costs(args, files: list[str]) -> dict[str, float]:
+    """CPU ms per image of each operator on top of a plain copy (median over rounds)."""
     from dra_dali.ops import OP_NAMES
 
-    with tempfile.TemporaryDirectory() as tmp:
-        files = make_jpegs(Path(tmp))
-        variants = ["none", "dali-rand-augment", args.policy, "ra-n2-m9"]
-        pipes = {v: dali_pipeline(files, v, args.batch_size, args.threads) for v in variants}
-        rates: dict[str, list[float]] = {v: [] for v in variants + ["pil-rand-augment"]}
-        cpu_ms: dict[str, list[float]] = {v: [] for v in rates}
-        for r in range(args.rounds):
-            order = variants[r % len(variants):] + variants[:r % len(variants)]
-            for v in order:
-                rate, cost = time_dali(pipes[v], args.batches)
-                rates[v].append(rate)
-                cpu_ms[v].append(cost)
-            if not args.skip_pil:
-                rate, cost = time_pil(files, args.batch_size, args.threads, args.batches)
-                rates["pil-rand-augment"].append(rate)
-                cpu_ms["pil-rand-augment"].append(cost)
-            print(f"round {r + 1}/{args.rounds}: " + ", ".join(
-                f"{k} {v[-1]:.0f}/s {cpu_ms[k][-1]:.1f} cpu-ms" for k, v in rates.items() if v),
-                flush=True)
-        del pipes
+    with Image.open(files[0]) as im:                # a real photo, repeated
+        photo = np.asarray(im.convert("RGB").resize((args.size, args.size)), dtype=np.uint8)
+    batch = [photo.copy() for _ in range(args.batch_size)]
+    pipes = {name: op_pipeline(name, args.batch_size, args.threads) for name in (None, *OP_NAMES)}
 
-        op_costs: dict[str, list[float]] = {}
-        if not args.skip_ops:
-            with Image.open(files[0]) as im:                # a real photo, repeated
-                photo = np.asarray(im.convert("RGB").resize((224, 224)), dtype=np.uint8)
-            batch = [photo.copy() for _ in range(args.batch_size)]
-            op_pipes = {name: op_pipeline(name, args.batch_size, args.threads)
-                        for name in (None, *OP_NAMES)}
+    def run(p) -> float:
+        p.feed_input("images", batch)
+        start = time.process_time()
+        p.run()
+        return time.process_time() - start
 
-            def run(p) -> float:
-                p.feed_input("images", batch)
-                start = time.process_time()
-                p.run()
-                return time.process_time() - start
+    costs: dict[str, list[float]] = {}
+    for _ in range(max(3, args.rounds)):
+        base = statistics.median(run(pipes[None]) for _ in range(3))
+        for name in OP_NAMES:
+            t = statistics.median(run(pipes[name]) for _ in range(3))
+            costs.setdefault(name, []).append(1000 * (t - base) / args.batch_size)
+    return {k: statistics.median(v) for k, v in costs.items()}
 
-            for _ in range(max(3, args.rounds)):
-                base = statistics.median(run(op_pipes[None]) for _ in range(3))
-                for name in OP_NAMES:
-                    t = statistics.median(run(op_pipes[name]) for _ in range(3))
-                    op_costs.setdefault(name, []).append(
-                        1000 * (t - base) / args.batch_size)
+
+def ratio_pairs(args, med: dict) -> list[tuple[str, str]]:
+    """The issue's ratios: compiled RA / DALI RA, paper policy / none, paper policy / PIL."""
+    dra = args.policy
+    pairs = [("ra-n2-m9", "dali-rand-augment"), (dra, "none"), (dra, "dali-rand-augment")]
+    if args.nearest:
+        pairs += [("ra-n2-m9@nearest", "dali-rand-augment"),
+                  ("ra-n2-m9@nearest", "dali-rand-augment@nearest"),
+                  (f"{dra}@nearest", "none")]
+    pairs += [(a, "pil-rand-augment") for a in (dra, f"{dra}@nearest")]
+    if args.train_model:
+        pairs += [(f"{a} + {args.train_model}", f"{b} + {args.train_model}")
+                  for a, b in pairs if "pil" not in b]
+    return [(a, b) for a, b in pairs if a in med and b in med]
+
+
+def summarise(args, rates: dict, cpu_ms: dict, op_costs: dict) -> dict:
+    import nvidia.dali
 
     med = {k: statistics.median(v) for k, v in rates.items() if v}
-    spread = {k: (min(v), max(v)) for k, v in rates.items() if v}
     cpu = {k: statistics.median(v) for k, v in cpu_ms.items() if v}
-    dra = args.policy
-    pairs = [(dra, "dali-rand-augment"), (dra, "none"), ("ra-n2-m9", "dali-rand-augment")]
-    if "pil-rand-augment" in med:
-        pairs.append((dra, "pil-rand-augment"))
     # throughput ratio: wall clock (noisy on a shared machine) and CPU time (cost ratio inverted)
-    ratios = {f"{a} / {b}": {"wall": med[a] / med[b], "cpu": cpu[b] / cpu[a]} for a, b in pairs}
-    round_ratios = [a / b for a, b in zip(rates[dra], rates["dali-rand-augment"])]
-    result = {
+    ratios = {f"{a} / {b}": {"wall": med[a] / med[b], "cpu": cpu[b] / cpu[a],
+                             "wall_per_round": [x / y for x, y in zip(rates[a], rates[b])]}
+              for a, b in ratio_pairs(args, med)}
+    return {
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "python": platform.python_version(), "dali": nvidia.dali.__version__,
                     "load_average": os.getloadavg()},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "images_per_second_median": med,
-        "images_per_second_min_max": spread,
+        "images_per_second_min_max": {k: (min(v), max(v)) for k, v in rates.items() if v},
         "cpu_ms_per_image_median": cpu,
         "throughput_ratios": ratios,
-        "dra_over_dali_ra_wall_per_round": round_ratios,
-        "op_cost_cpu_ms_per_image_median": {k: statistics.median(v) for k, v in op_costs.items()},
+        "op_cost_cpu_ms_per_image_median": op_costs,
     }
+
+
+def report(result: dict) -> None:
+    med, spread = result["images_per_second_median"], result["images_per_second_min_max"]
+    cpu = result["cpu_ms_per_image_median"]
     print("\nimages/s wall (median, min-max) | CPU ms per image (median):")
     for k in med:
-        print(f"  {k:24s} {med[k]:7.1f}  ({spread[k][0]:.1f}-{spread[k][1]:.1f}) | {cpu[k]:6.2f}")
-    print("throughput ratios (wall clock | from CPU time):")
-    for k, v in ratios.items():
-        print(f"  {k:45s} {v['wall']:.2f}x | {v['cpu']:.2f}x")
-    print("  per round, wall, DRA / DALI RandAugment: "
-          + ", ".join(f"{x:.2f}" for x in round_ratios))
-    if op_costs:
-        print("operator cost, CPU ms per 224 px image on top of a copy (median):")
+        print(f"  {k:40s} {med[k]:8.1f}  ({spread[k][0]:.1f}-{spread[k][1]:.1f}) | {cpu[k]:6.2f}")
+    print("throughput ratios (wall clock | from CPU time | wall per round):")
+    for k, v in result["throughput_ratios"].items():
+        rounds = ", ".join(f"{x:.2f}" for x in v["wall_per_round"])
+        print(f"  {k:60s} {v['wall']:.2f}x | {v['cpu']:.2f}x | {rounds}")
+    if result["op_cost_cpu_ms_per_image_median"]:
+        print("operator cost, CPU ms per image on top of a copy (median):")
         for k, v in result["op_cost_cpu_ms_per_image_median"].items():
             print(f"  {k:12s} {v:6.2f}")
     print(f"load average during the run: {os.getloadavg()}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = make_jpegs(Path(tmp), count=args.jpegs)
+        rates, cpu_ms = measure(args, files)
+        op_costs = {} if args.skip_ops else operator_costs(args, files)
+    result = summarise(args, rates, cpu_ms, op_costs)
+    report(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return result

@@ -63,11 +63,15 @@ def show(policy: Path, plot: Path | None) -> None:
 @click.argument("name")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Policy file to write (YAML).")
-def preset(name: str, output: Path) -> None:
-    """Write a ready policy: ra-n2-m9[-mstd0.5], timm strings (rand-m9-n2-mstd0.5), ta, or one of
-    the paper's searched policies (dra-imagenet-resnet-50, ...)."""
+@click.option("--resolution", type=int, default=None,
+              help="Adapt the preset to this training resolution (the translate range follows "
+                   "it); default: the preset's own (224, or the paper's for dra-*).")
+def preset(name: str, output: Path, resolution: int | None) -> None:
+    """Write a ready policy: ra-n2-m9[-mstd0.5], rastar-n2-m10 (the DRA paper's RA*), timm
+    strings (rand-m9-n2-mstd0.5), ta, or one of the paper's searched policies
+    (dra-imagenet-resnet-50, ...)."""
     try:
-        policy = Policy.preset(name)
+        policy = Policy.preset(name, resolution=resolution)
     except PolicyError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{name} written to {policy.save(output)}")
@@ -250,8 +254,8 @@ def demo(out: Path, epochs: int | None, seed: int, force: bool) -> None:
               "method.")
 @click.option("--recipe", default="demo", help="Search recipe every method shares (proxy set, "
               "model, resolution).")
-@click.option("--proxy-images", type=click.IntRange(min=2), default=None,
-              help="Proxy images per class of every search  [default: the recipe's]")
+@click.option("--proxy-images", type=click.IntRange(min=2), default=40,
+              help="Proxy images per class of every search (split into the two halves).")
 @click.option("--model", default="resnet-tiny", help="Model every policy trains.")
 @click.option("--pipeline", default="demo", help="Training pipeline recipe.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
@@ -265,7 +269,7 @@ def compare(methods: str, data: str | None, val_data: str | None, out: Path, see
     OUT/compare.png and one folder per run. Rerun to continue an interrupted comparison."""
     from dra_dali.compare import Budget, run_compare
     from dra_dali.errors import DraDaliError
-    from dra_dali.search.searcher import SearchTerminated
+    from dra_dali.runtime import Stopped
 
     budget = Budget(search_recipe=recipe, search_epochs=search_epochs,
                     images_per_class=proxy_images, train_epochs=epochs, model=model,
@@ -276,11 +280,10 @@ def compare(methods: str, data: str | None, val_data: str | None, out: Path, see
                              budget=budget, log=lambda line: click.echo(line, err=True))
     except DraDaliError as exc:
         raise click.ClickException(str(exc)) from None
-    except KeyboardInterrupt as exc:
+    except (Stopped, KeyboardInterrupt) as exc:
         click.echo(f"\ninterrupted; finished runs are kept in {out}; run the same command "
                    "again to continue", err=True)
-        terminated = isinstance(exc, SearchTerminated)
-        raise SystemExit(128 + (signal.SIGTERM if terminated else signal.SIGINT)) from None
+        raise SystemExit(getattr(exc, "exit_code", 128 + signal.SIGINT)) from None
     if not result.finished:
         click.echo(f"stopped; finished runs are kept in {out}; run the same command again to "
                    "continue", err=True)

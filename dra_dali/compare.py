@@ -55,7 +55,8 @@ class Budget:
     Attributes:
         search_recipe: the search recipe every searched method uses (the proxy set and model).
         search_epochs: search epochs (``None``: the recipe's).
-        images_per_class: proxy images per class (``None``: the recipe's).
+        images_per_class: proxy images per class, split into the two halves (``None``: the
+            recipe's).
         train_epochs: training epochs of every retraining.
         model: the retrained model.
         pipeline: the training pipeline recipe (crop, flip, image size).
@@ -66,7 +67,7 @@ class Budget:
 
     search_recipe: str = "demo"
     search_epochs: int | None = 4
-    images_per_class: int | None = None
+    images_per_class: int | None = 40
     train_epochs: int = 6
     model: str = "resnet-tiny"
     pipeline: str = "demo"
@@ -152,7 +153,9 @@ def _search(method: str, seed: int, data: str, folder: Path, budget: Budget,
                      "images_per_class": budget.images_per_class, "device": budget.device}
         config = SearchConfig.from_recipe(budget.search_recipe, overrides,
                                           METHOD_SETTINGS.get(method))
-        run_search(config, folder, resume=(folder / "checkpoint.pt").is_file(),
+        # A search stopped before its first checkpoint starts over (force), a later one resumes.
+        resume = (folder / "checkpoint.pt").is_file()
+        run_search(config, folder, resume=resume, force=folder.exists() and not resume,
                    progress=progress, recipe=budget.search_recipe)
     seconds = float(Policy.load(policy_file).provenance.get("search_seconds", 0.0))
     return str(policy_file), seconds
@@ -228,7 +231,7 @@ def run_compare(methods: Sequence[str], *, out: str | Path, data: str | None = N
 
     Raises:
         CompareError: unknown methods, ``seeds < 1``, only one of ``data`` / ``val_data``.
-        KeyboardInterrupt: Ctrl-C or SIGTERM during a search (its last epoch is kept).
+        dra_dali.runtime.Stopped: SIGTERM or Ctrl-C during a search (its last epoch is kept).
     """
     say = log or (lambda line: None)
     methods = _check_methods(methods)

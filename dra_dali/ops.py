@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 
 __all__ = [
     "OpSpec",
+    "Parity",
     "OPS",
     "OP_NAMES",
     "PAPER_OPS",
@@ -37,6 +38,10 @@ __all__ = [
     "translate_range_px",
     "parameter",
     "parameter_array",
+    "register",
+    "kernels",
+    "declare",
+    "withdraw",
 ]
 
 #: Constant used by the geometric operators for pixels that come from outside the image.
@@ -74,6 +79,28 @@ def translate_range_px(resolution: int) -> float:
 
 
 @dataclass(frozen=True)
+class Parity:
+    """Tolerances of an operator's parity tests, in grey levels of 0..255 (read by the tests).
+
+    Attributes:
+        dali_pil: DALI kernel against the PIL reference: ``"exact"`` (bit exact), ``"geometric"``
+            (bit exact at whole-pixel translations, else at most 1 level off outside the border
+            band where PIL and DALI interpolate the fill differently) or ``(mean, max)`` absolute
+            error.
+        dali_torch: DALI kernel against the torch search kernel: ``(mean, max)`` absolute error
+            (outside the border band for geometric operators).
+    """
+
+    dali_pil: str | tuple[float, float] = "exact"
+    dali_torch: tuple[float, float] = (1e-3, 1e-3)
+
+
+_EXACT = Parity()
+_GEOMETRIC = Parity("geometric", (0.5, 1.0))
+_BLEND = Parity("exact", (1.5, 3.0))   # torch keeps float images, PIL and DALI truncate to uint8
+
+
+@dataclass(frozen=True)
 class OpSpec:
     """One row of the catalog.
 
@@ -92,6 +119,7 @@ class OpSpec:
         rounding: ``"floor"`` where the parameter is an integer taken by flooring (Posterize).
         input_gradient: the torch search operator is differentiable with respect to its input;
             where False the search passes the gradient straight through.
+        parity: the tolerances of the parity tests (:class:`Parity`).
     """
 
     name: str
@@ -105,6 +133,7 @@ class OpSpec:
     unit: str
     rounding: Literal["none", "floor"] = "none"
     input_gradient: bool = True
+    parity: Parity = _EXACT
 
     def slope_at(self, resolution: int) -> float:
         """Parameter change per unit of magnitude at the given training resolution."""
@@ -123,36 +152,40 @@ def _row(name, kind, signed, identity, slope, lower, upper, unit, **kw) -> OpSpe
     return OpSpec(name, kind, signed, False, identity, slope, lower, upper, unit, **kw)
 
 
-def _free(name: str, input_gradient: bool) -> OpSpec:
+def _free(name: str, input_gradient: bool, **kw) -> OpSpec:
     return OpSpec(name, "color", False, True, 0.0, 0.0, 0.0, 0.0, "none",
-                  input_gradient=input_gradient)
+                  input_gradient=input_gradient, **kw)
 
 
 _INF = math.inf
 _PAPER_ROWS = (
-    _row("ShearX", "geometric", True, 0.0, 0.3, -1.0, 1.0, "shear factor"),
-    _row("ShearY", "geometric", True, 0.0, 0.3, -1.0, 1.0, "shear factor"),
+    _row("ShearX", "geometric", True, 0.0, 0.3, -1.0, 1.0, "shear factor",
+         parity=_GEOMETRIC),
+    _row("ShearY", "geometric", True, 0.0, 0.3, -1.0, 1.0, "shear factor",
+         parity=_GEOMETRIC),
     # slope 1 x translate_range_px(resolution); bounds are +-resolution (see OpSpec.bounds_at).
-    _row("TranslateX", "geometric", True, 0.0, 1.0, -_INF, _INF, "pixels"),
-    _row("TranslateY", "geometric", True, 0.0, 1.0, -_INF, _INF, "pixels"),
-    _row("Rotate", "geometric", True, 0.0, 30.0, -180.0, 180.0, "degrees"),
+    _row("TranslateX", "geometric", True, 0.0, 1.0, -_INF, _INF, "pixels", parity=_GEOMETRIC),
+    _row("TranslateY", "geometric", True, 0.0, 1.0, -_INF, _INF, "pixels", parity=_GEOMETRIC),
+    _row("Rotate", "geometric", True, 0.0, 30.0, -180.0, 180.0, "degrees", parity=_GEOMETRIC),
     # Blend factors are not clamped at 0: past m = 1 with sign -1 they go negative (extrapolation
     # away from the degenerate image) and the backends clip the image, as the DRA authors' code
     # does (their enhance ops take any factor); clamping at 0 changed about half of the
     # Color/Sharpness/Contrast draws of dra-imagenet-resnet-200 (scale 3).
-    _row("Brightness", "color", True, 1.0, 0.9, -_INF, _INF, "blend factor"),
-    _row("Color", "color", True, 1.0, 0.9, -_INF, _INF, "blend factor"),
-    _row("Sharpness", "color", True, 1.0, 0.9, -_INF, _INF, "blend factor"),
-    _row("Contrast", "color", True, 1.0, 0.9, -_INF, _INF, "blend factor"),
+    _row("Brightness", "color", True, 1.0, 0.9, -_INF, _INF, "blend factor", parity=_BLEND),
+    _row("Color", "color", True, 1.0, 0.9, -_INF, _INF, "blend factor", parity=_BLEND),
+    _row("Sharpness", "color", True, 1.0, 0.9, -_INF, _INF, "blend factor", parity=_BLEND),
+    _row("Contrast", "color", True, 1.0, 0.9, -_INF, _INF, "blend factor", parity=_BLEND),
     _row("Cutout", "color", False, 0.0, 0.2, 0.0, 1.0, "fraction of height"),
-    _row("Solarize", "color", False, 256.0, -256.0, 0.0, 256.0, "threshold",
-         input_gradient=False),
+    # Solarize keeps its exact +-1 input gradient (the DRA authors' tf.where); only Posterize
+    # and Equalize are straight-through in the search (paper III-B-3).
+    _row("Solarize", "color", False, 256.0, -256.0, 0.0, 256.0, "threshold"),
     _row("Posterize", "color", False, 0.0, 4.0, 0.0, 7.0, "bits removed", rounding="floor",
          input_gradient=False),
-    _free("Equalize", input_gradient=False),
-    _free("AutoContrast", input_gradient=True),
+    # DALI's fn.equalize uses OpenCV's table, not PIL's (see dra_dali.dali.operators.equalize).
+    _free("Equalize", input_gradient=False, parity=Parity((11.0, 25), (13.0, 25))),
+    _free("AutoContrast", input_gradient=True, parity=_BLEND),
     _free("Invert", input_gradient=True),
-    _row("SolarizeAdd", "color", False, 0.0, 110.0, 0.0, 255.0, "addition"),
+    _row("SolarizeAdd", "color", False, 0.0, 110.0, 0.0, 255.0, "addition", parity=_BLEND),
 )
 # Operators beyond the paper's 16 (Identity: the no-op of TrivialAugment, Faster AA and DDAS).
 _EXTRA_ROWS = (
@@ -172,7 +205,7 @@ def _spec(name: str) -> OpSpec:
     try:
         return OPS[name]
     except KeyError:
-        raise KeyError(f"unknown operator {name!r}; the catalog has: {', '.join(OP_NAMES)}") from None
+        raise KeyError(f"unknown operator {name!r}; the catalog has: {', '.join(OPS)}") from None
 
 
 def parameter_array(name: str, magnitude, sign=1, resolution: int = 224) -> np.ndarray:
@@ -207,3 +240,56 @@ def parameter(name: str, magnitude: float, sign: int = 1, resolution: int = 224)
         (192.0, 10.0)
     """
     return float(parameter_array(name, magnitude, sign, resolution))
+
+
+# ----- kernels: each backend registers its implementation of a row ------------------------------
+_BUILT_IN = frozenset(OP_NAMES)
+_KERNELS: dict[str, dict[str, Any]] = {}
+
+
+def declare(spec: OpSpec) -> OpSpec:
+    """Add an operator row to the catalog (an extension, or a toy operator in a test).
+
+    Its kernels then register with :func:`register` like the built-in ones; policies may name it
+    and the DALI compiler dispatches to it. The built-in rows cannot be replaced.
+
+    Raises:
+        ValueError: if the name is already in the catalog.
+    """
+    if spec.name in OPS:
+        raise ValueError(f"operator {spec.name!r} is already in the catalog")
+    OPS[spec.name] = spec
+    return spec
+
+
+def withdraw(name: str) -> None:
+    """Remove a row added with :func:`declare` and its kernels (built-in rows stay)."""
+    if name in _BUILT_IN:
+        raise ValueError(f"{name!r} is a built-in catalog operator and cannot be withdrawn")
+    OPS.pop(name, None)
+    for table in _KERNELS.values():
+        table.pop(name, None)
+
+
+def register(backend: str, name: str, kernel: Any = None) -> Callable[[Any], Any]:
+    """Register ``kernel`` as the ``backend`` (``"dali"``, ``"torch"``, ``"pil"``) implementation
+    of catalog row ``name``; used as a decorator, like DALI's ``@augmentation``.
+
+    Example:
+        >>> @register("pil", "Identity")          # doctest: +SKIP
+        ... def identity(image, v, ctx):
+        ...     return image
+    """
+    _spec(name)
+
+    def add(obj: Any) -> Any:
+        _KERNELS.setdefault(backend, {})[name] = obj
+        return obj
+
+    return add(kernel) if kernel is not None else add
+
+
+def kernels(backend: str) -> dict[str, Any]:
+    """The kernels registered for ``backend``, keyed by operator name in catalog order."""
+    table = _KERNELS.get(backend, {})
+    return {name: table[name] for name in OPS if name in table}

@@ -160,3 +160,47 @@ def test_sniff_format_by_magic_bytes():
     assert sniff_format(b"RIFF\0\0\0\0WEBPVP8 ") == "webp"
     assert sniff_format(b"P6\n64 64\n255\n") == "pnm"
     assert sniff_format(b"<html>") is None
+
+
+def test_skip_bad_files_excludes_and_lists_them(bad_folder):
+    from dra_dali.data import accept_images
+
+    accepted = accept_images(bad_folder, skip_bad_files=True)
+    skipped = {str(p.path.relative_to(bad_folder)) for p in accepted.excluded}
+    assert skipped == {"a/empty.jpg", "a/truncated.jpg", "a/gif_renamed.jpg", "b/text.jpg",
+                       "b/huge.png"}
+    assert len(accepted.images) == 6 + len(EXPECTED) - 5
+    assert accepted.images.classes == ("a", "b")
+    listed = accepted.excluded_text().splitlines()
+    assert len(listed) == 5 and f"{bad_folder / 'a/empty.jpg'}: empty: " in listed[0]
+    decoded = accept_images(bad_folder, skip_bad_files=True, decode=True)
+    assert "a/corrupt.jpg" in {str(p.path.relative_to(bad_folder)) for p in decoded.excluded}
+
+
+def test_recheck_names_a_file_replaced_after_acceptance(tmp_path, embedded):
+    from dra_dali.data import accept_images, name_culprits, recheck_changed
+
+    source = sorted((embedded.val / "cat").glob("*.jpg"))[:3]
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for src in source:
+            shutil.copy(src, tmp_path / cls / src.name)
+    accepted = accept_images(tmp_path)
+    assert recheck_changed(accepted) == []                        # a stat pass, nothing changed
+    victim = tmp_path / "b" / source[1].name
+    victim.write_bytes(b"\xff\xd8\xff\xe0junk")                   # replaced mid-run: 7 bytes
+    found = recheck_changed(accepted)
+    assert [(p.path, p.kind) for p in found] == [(victim, "truncated")]
+    assert recheck_changed(accepted) == []                        # each change is checked once
+    batch = [tmp_path / "a" / source[0].name, victim]
+    assert [p.path for p in name_culprits(batch)] == [victim]
+
+
+def test_decode_rgb_refuses_unusable_files_before_decoding(bad_folder):
+    from dra_dali.data import decode_rgb
+
+    good = sorted((bad_folder / "a").glob("cat*.jpg"))[0]
+    pixels = decode_rgb([good, bad_folder / "b/cmyk.jpg"])
+    assert [p.shape[2] for p in pixels] == [3, 3] and pixels[0].dtype == np.uint8
+    with pytest.raises(DataError, match=r"(?s)2 unusable image file\(s\):.*a/corrupt.jpg: corrupt"):
+        decode_rgb([good, bad_folder / "a/corrupt.jpg", bad_folder / "a/empty.jpg"])

@@ -15,8 +15,8 @@ import pytest
 from scipy import stats
 
 from dra_dali.dali import apply_policy
-from dra_dali.ops import PAPER_OPS, OPS
-from dra_dali.policy import Layer, Policy
+from dra_dali.ops import OPS, PAPER_OPS
+from dra_dali.policy import Layer, Policy, PolicyError
 
 N_IMAGES = 4000
 ALPHA = 1e-3
@@ -67,7 +67,8 @@ def test_operator_frequencies_chi_square(drawn, skewed):
 
 
 def test_zero_probability_operator_has_no_branch(skewed):
-    """Rotate (logit -1e9 / -100) has no branch: no DALI Rotate operator exists in the graph."""
+    """Rotate (logit -1e9 / -100) has no branch: no rotation matrix exists in the graph (the
+    affine operators share one warp_affine; Rotate's matrix is a transforms.rotation)."""
     from nvidia.dali import fn, pipeline_def, types
 
     from dra_dali.dali import augment
@@ -81,8 +82,8 @@ def test_zero_probability_operator_has_no_branch(skewed):
         p._build_graph()
         return {type(op._op).__name__ for op in p._ops}
 
-    assert "Rotate" not in op_types(skewed)
-    assert "Rotate" in op_types(Policy.preset("ta"))             # the check can see it
+    assert "Rotation" not in op_types(skewed)
+    assert "Rotation" in op_types(Policy.preset("ta"))           # the check can see it
 
 
 def _clipped_parts(values: np.ndarray, scale: float):
@@ -218,3 +219,161 @@ def test_single_operator_and_fixed_apply_probabilities(apply_prob):
         assert trace.applied.all()
     else:
         assert stats.binomtest(int(trace.applied.sum()), 400, 0.5).pvalue > ALPHA
+
+
+# ----- format 2 -------------------------------------------------------------------------------
+N2 = 4000
+OPS4 = ("Rotate", "Brightness", "Invert", "Identity")
+
+
+def _layer2(logits=(1.0, 0.5, 0.0, -0.5), op_apply_prob=(0.9, 0.5, 0.3, 1.0), rotate_sign=True):
+    from dra_dali.policy import Magnitude
+
+    return Layer(logits, op_apply_prob=op_apply_prob, magnitude=(
+        Magnitude("categorical", levels=(0.1, 0.5, 0.9), probs=(0.2, 0.3, 0.5),
+                  random_sign=rotate_sign),
+        Magnitude("normal", 0.4, 0.1), Magnitude("uniform"), Magnitude("normal", 0.0, 0.0)))
+
+
+@pytest.fixture(scope="module")
+def format2():
+    """Gate 0.35; layer 0: per-operator apply probabilities, categorical Rotate without random
+    sign; layer 1: the U(lo, hi) coin."""
+    return Policy(OPS4, (_layer2(rotate_sign=False), _layer2(op_apply_prob=None)),
+                  resolution=32, gate=0.35, fill=0)
+
+
+@pytest.fixture(scope="module")
+def mixture():
+    from dra_dali.policy import SubPolicy
+
+    return Policy(OPS4, subpolicies=(SubPolicy(1.0, (_layer2(),)),
+                                     SubPolicy(3.0, (_layer2((0.0, 0.0, 0.0, 2.0), None),))),
+                  resolution=32)
+
+
+def _trace(policy, seed):
+    images = np.random.default_rng(seed).integers(0, 256, (N2, 4, 4, 3), dtype=np.uint8)
+    return apply_policy(policy, images, seed=seed, trace=True, batch_size=1000)[1]
+
+
+@pytest.fixture(scope="module")
+def drawn2(format2):
+    return _trace(format2, 31)
+
+
+def _cells(policy: Policy, layer: Layer, n: int, weight: float = 1.0) -> dict:
+    """Expected counts of (operator, level) cells (level -1: not categorical)."""
+    cells = {}
+    for i, (p, m) in enumerate(zip(layer.probabilities, layer.magnitudes)):
+        if m.dist == "categorical" and not OPS[policy.ops[i]].magnitude_free:
+            for level, q in enumerate(m.probs):
+                cells[(i, level)] = n * weight * p * q
+        else:
+            cells[(i, -1)] = n * weight * p
+    return cells
+
+
+def _counts(trace, j, cells, rows=slice(None)):
+    op, level = trace.op[rows, j], trace.level[rows, j]
+    return np.array([np.sum((op == i) & (level == lv)) for i, lv in cells])
+
+
+def test_format2_operator_by_level_chi_square(drawn2, format2):
+    for j, layer in enumerate(format2.layers):
+        cells = _cells(format2, layer, N2)
+        counts = _counts(drawn2, j, cells)
+        fit = stats.chisquare(counts, list(cells.values()))
+        assert fit.pvalue > ALPHA, f"layer {j}: p = {fit.pvalue:.2e}"
+    levels = np.array([0.1, 0.5, 0.9], np.float32)
+    rotate = drawn2.op[:, 0] == 0
+    np.testing.assert_array_equal(drawn2.magnitude[rotate, 0], levels[drawn2.level[rotate, 0]])
+    # power: the same counts reject the level probabilities reversed
+    wrong = {cell: n for cell, n in cells.items()}
+    for level, q in enumerate((0.5, 0.3, 0.2)):
+        wrong[(0, level)] = N2 * format2.layers[1].probabilities[0] * q
+    assert stats.chisquare(counts, list(wrong.values())).pvalue < 1e-6
+
+
+def test_format2_gate_and_per_operator_apply_rates(drawn2, format2):
+    assert stats.binomtest(int(drawn2.gate.sum()), N2, 0.35).pvalue > ALPHA
+    assert stats.binomtest(int(drawn2.gate.sum()), N2, 0.5).pvalue < 1e-6          # power
+    assert not drawn2.applied[~drawn2.gate].any()
+    for i, q in enumerate(format2.layers[0].op_apply_prob):
+        rows = drawn2.op[:, 0] == i
+        hits, n = int(drawn2.applied[rows, 0].sum()), int(rows.sum())
+        assert stats.binomtest(hits, n, 0.35 * q).pvalue > ALPHA, OPS4[i]
+        if q < 1:
+            assert stats.binomtest(hits, n, 0.35).pvalue < ALPHA, OPS4[i]         # power
+    gated = int(drawn2.gate.sum())
+    lo, hi = format2.apply_prob                                                   # layer 1
+    assert stats.binomtest(int(drawn2.applied[drawn2.gate, 1].sum()), gated,
+                           (lo + hi) / 2).pvalue > ALPHA
+
+
+def test_format2_signs_and_magnitudes(drawn2, format2):
+    assert np.all(drawn2.sign[drawn2.op[:, 0] == 0, 0] == 1)        # random_sign: false
+    rotate = drawn2.sign[drawn2.op[:, 1] == 0, 1]
+    assert stats.binomtest(int((rotate == -1).sum()), len(rotate), 0.5).pvalue > ALPHA
+    ref = format2.sample(100_000, seed=5)
+    ours = drawn2.magnitude[drawn2.op[:, 0] == 1, 0]                 # Brightness N(0.4, 0.1)
+    assert stats.ks_2samp(ours, ref.magnitude[ref.op[:, 0] == 1, 0]).pvalue > ALPHA
+    assert stats.ks_2samp(ours, np.clip(ours + 0.03, 0, 1)).pvalue < ALPHA        # power
+    free = np.isin(drawn2.op, [2, 3])
+    assert np.all(drawn2.magnitude[free] == 0) and np.all(drawn2.level[free] == -1)
+
+
+def test_subpolicy_frequencies_and_conditional_choice(mixture):
+    trace = _trace(mixture, 32)
+    counts = np.bincount(trace.subpolicy, minlength=2)
+    assert stats.chisquare(counts, [N2 / 4, 3 * N2 / 4]).pvalue > ALPHA
+    assert stats.chisquare(counts, [N2 / 2, N2 / 2]).pvalue < 1e-6                 # power
+    assert trace.gate.all()
+    for k, sub in enumerate(mixture.subpolicies):
+        rows = trace.subpolicy == k
+        cells = _cells(mixture, sub.layers[0], int(rows.sum()))
+        fit = stats.chisquare(_counts(trace, 0, cells, rows), list(cells.values()))
+        assert fit.pvalue > ALPHA, f"sub-policy {k}: p = {fit.pvalue:.2e}"
+    # sub-policy 0 applies with op_apply_prob, sub-policy 1 with U(0.2, 0.8) (mean 0.5)
+    rows = (trace.subpolicy == 1) & (trace.op[:, 0] == 0)
+    assert stats.binomtest(int(trace.applied[rows, 0].sum()), int(rows.sum()), 0.5).pvalue > ALPHA
+
+
+def test_format1_graph_is_unchanged_by_an_always_open_gate():
+    """gate: 1 adds no draw: the same seed gives the same trace as without a gate."""
+    base = Policy.preset("rastar-n2-m10")
+    gated = Policy.from_dict({**base.to_dict(), "format": "dra-policy/2", "gate": 1.0})
+    images = np.random.default_rng(4).integers(0, 256, (64, 4, 4, 3), dtype=np.uint8)
+    first, second = (apply_policy(p, images, seed=9, trace=True)[1] for p in (base, gated))
+    np.testing.assert_array_equal(first.op, second.op)
+    np.testing.assert_array_equal(first.applied, second.applied)
+
+
+def test_schedule_switches_at_the_boundaries():
+    from dra_dali.dali import augment
+    from dra_dali.policy import ScheduleEntry
+
+    invert_only = tuple(0.0 if name == "Invert" else -1e9 for name in OPS4)
+    rotate_only = tuple(0.0 if name == "Rotate" else -1e9 for name in OPS4)
+    flat = [Policy(OPS4, (_layer2(logits, None),), apply_prob=(1.0, 1.0))
+            for logits in (invert_only, rotate_only, invert_only)]
+    policy = Policy(schedule=tuple(ScheduleEntry(s, p) for s, p in zip((0, 2, 5), flat)))
+    assert policy.schedule_boundaries == (2, 5)
+    images = np.random.default_rng(5).integers(0, 256, (8, 4, 4, 3), dtype=np.uint8)
+    expected = {0: 2, 1: 2, 2: 0, 4: 0, 5: 2, 9: 2}                   # epoch -> operator index
+    for epoch, op in expected.items():
+        trace = apply_policy(policy.at_epoch(epoch), images, seed=epoch, trace=True)[1]
+        assert np.all(trace.op == op), epoch
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(enable_conditionals=True, batch_size=2, num_threads=1, device_id=None)
+    def pipe():
+        return augment(fn.external_source(name="x", layout="HWC", dtype=types.UINT8), policy)
+
+    # DALI's conditionals (autograph) re-raise it wrapped; the message is kept
+    with pytest.raises(Exception, match=r"schedule \(boundaries \[2, 5\]\).*at_epoch\(epoch\)"):
+        pipe()
+    from dra_dali.dali.draws import policy_draws
+
+    with pytest.raises(PolicyError, match="one DALI graph holds one policy"):
+        policy_draws(policy)

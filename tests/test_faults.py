@@ -305,3 +305,196 @@ def test_item8_train_values_are_refused_before_any_work(tmp_path, embedded, flag
                                        str(tmp_path / "run"), *flags])
     assert message in _one_line_error(result)
     assert not (tmp_path / "run").exists()
+
+
+# --- item 4: bombs fail fast ------------------------------------------------------------------
+
+_POLICY_HEAD = ("format: dra-policy/1\nops: [Rotate, Invert]\nresolution: 32\nscale: 1.0\n"
+                "apply_prob: [0.2, 0.8]\n")
+_LAYER = "- logits: [0.1, 0.2]\n  mean: [0.5, 0.5]\n  std: [0.1, 0.1]\n"
+
+
+def _alias_bomb(key: str = "provenance") -> str:
+    """~1.5 KB: nine levels of nine aliases each (9**9 = 387 million leaves once expanded)."""
+    lines = [f"{key}:", '  l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    return "\n".join(lines) + "\n"
+
+
+def _crafted_policies() -> dict[str, bytes]:
+    deep = "[" * 5000 + "]" * 5000
+    return {
+        "alias-bomb": (_POLICY_HEAD + "layers:\n" + _LAYER + _alias_bomb()).encode(),
+        "binary": bytes(range(256)) * 64,
+        "deep-nesting": (_POLICY_HEAD + "layers:\n" + _LAYER + f"provenance: {{x: {deep}}}\n"
+                         ).encode(),
+        "huge-mean-std": (_POLICY_HEAD + "layers:\n- logits: [0.1, 0.2]\n  mean: [1e300, 0.5]\n"
+                          "  std: [0.1, 1e300]\n").encode(),
+        "200-layers": (_POLICY_HEAD + "layers:\n" + _LAYER * 200).encode(),
+    }
+
+
+def _fails_fast(args: list[str]) -> str:
+    """Run a command that must fail: one line, under 2 s, under 200 MiB of Python allocations
+    (measured in a second run: tracing allocations slows Python down several times)."""
+    started = time.perf_counter()
+    result = CliRunner().invoke(main, args)
+    seconds = time.perf_counter() - started
+    line = _one_line_error(result)
+    tracemalloc.start()
+    CliRunner().invoke(main, args)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert seconds < 2 and peak < 200 * 2**20, (args[0], seconds, peak / 2**20)
+    return line
+
+
+@pytest.fixture(scope="module")
+def warm_imports():
+    """Import what the commands import, so that the timings measure the checks only."""
+    import dra_dali.dali.export  # noqa: F401
+    import dra_dali.search  # noqa: F401
+    import dra_dali.train  # noqa: F401
+    import dra_dali.viz  # noqa: F401
+
+
+@pytest.mark.parametrize("case", sorted(_crafted_policies()))
+def test_item4_crafted_policies_fail_fast_in_show_compile_and_train(tmp_path, embedded, case,
+                                                                   warm_imports):
+    path = tmp_path / f"{case}.yaml"
+    path.write_bytes(_crafted_policies()[case])
+    for args in (["show", str(path)],
+                 ["compile", str(path), "--out", str(tmp_path / "compiled")],
+                 ["train", "--data", str(embedded.train), "--val-data", str(embedded.val),
+                  "--policy", str(path), "--out", str(tmp_path / "run"), "--pipeline", "demo"]):
+        line = _fails_fast(args)
+        assert f"{case}.yaml" in line, (args[0], line)
+
+
+def test_item4_crafted_recipes_fail_fast(tmp_path, embedded, warm_imports):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_alias_bomb("provenance"))
+    line = _fails_fast(["search", "--data", str(embedded.train), "--out", str(tmp_path / "s"),
+                        "--recipe", str(bomb)])
+    assert "bomb.yaml" in line
+    line = _fails_fast(["train", "--data", str(embedded.train), "--val-data", str(embedded.val),
+                        "--policy", "none", "--out", str(tmp_path / "t"), "--pipeline",
+                        str(bomb)])
+    assert "bomb.yaml" in line
+
+
+# --- done-when: a kill loop loses nothing (slow) ------------------------------------------------
+
+def _command(args: list[str]) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "dra_dali.cli", *args]
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+def _wait_for_lock(out: Path, pid: int, proc, timeout: float = 120.0) -> bool:
+    """True once the process holds the run directory (its pid in ``.lock``); False if it
+    exited first."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            if f"pid {pid} " in (out / ".lock").read_text():
+                return True
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise AssertionError(f"{out}: the run never took its lock")
+
+
+def _timed_run(args: list[str], out: Path) -> float:
+    """Run to the end; the seconds from taking the lock to exiting."""
+    import subprocess
+
+    proc = subprocess.Popen(_command(args), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    assert _wait_for_lock(out, proc.pid, proc)
+    started = time.perf_counter()
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    return time.perf_counter() - started
+
+
+def _kill_sequence(args: list[str], out: Path, kills: int, window: float, rng) -> dict:
+    """One run in ``out``: SIGKILL it up to ``kills`` times at random moments of its working
+    time (after it took its lock), each time continuing with --resume (or starting again when
+    no checkpoint was written yet), until it finishes. Returns what happened."""
+    import signal
+    import subprocess
+
+    done = {"kills": 0, "runs": 0, "temp_left_by_kill": 0}
+    while True:
+        resume = ["--resume"] if (out / "checkpoint.pt").exists() else []
+        proc = subprocess.Popen(_command(args + resume), env=_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        done["runs"] += 1
+        if done["kills"] < kills and _wait_for_lock(out, proc.pid, proc):
+            time.sleep(rng.uniform(0, window))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                done["kills"] += 1
+                done["temp_left_by_kill"] += bool(list(out.glob(".*.tmp-*")))
+                continue
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+        return done
+
+
+def _kill_loop(args: list[str], root: Path, kills: int, window: float, check) -> list[dict]:
+    """Kill sequences in fresh run directories until ``kills`` SIGKILLs were sent; ``check(out)``
+    compares each finished run with the uninterrupted one."""
+    import random
+
+    rng = random.Random(14)
+    reports: list[dict] = []
+    while sum(r["kills"] for r in reports) < kills:
+        out = root / f"killed-{len(reports)}"
+        left = kills - sum(r["kills"] for r in reports)
+        reports.append(_kill_sequence(args + ["--out", str(out)], out, left, window, rng))
+        check(out)
+    return reports
+
+
+def _records(out: Path) -> list[dict]:
+    import json
+
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _same_records(a: list[dict], b: list[dict], timing: set[str]) -> None:
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
+    for x, y in zip(a, b):
+        assert {k: v for k, v in x.items() if k not in timing} == \
+               {k: v for k, v in y.items() if k not in timing}, (x, y)
+
+
+@pytest.mark.slow
+def test_kill_loop_search_loses_nothing(tmp_path, embedded):
+    from dra_dali.policy import Policy
+
+    args = ["search", "--data", str(embedded.train), "--recipe", "demo", "--epochs", "4",
+            "--batch-size", "8", "--set", "images_per_class=8", "--set", "proxy_classes=4"]
+    reference = tmp_path / "reference"
+    window = _timed_run(args + ["--out", str(reference)], reference)
+    def check(out: Path) -> None:
+        _same_records(_records(out), _records(reference), timing={"seconds"})
+        assert [r["epoch"] for r in _records(out)] == [0, 1, 2, 3, 4]
+        a, b = Policy.load(out / "policy.yaml"), Policy.load(reference / "policy.yaml")
+        assert a.layers == b.layers and a.ops == b.ops
+        assert not list(out.glob(".*.tmp-*")) and not list(out.glob("*.tmp"))
+
+    reports = _kill_loop(args, tmp_path, kills=20, window=window, check=check)
+    print(f"search kill loop: {reports}; working time of one run {window:.1f} s")

@@ -156,7 +156,8 @@ def _alias_bomb() -> str:
     ("a: &x [1, *x]", r"alias \*x refers to an anchor that is not complete"),
     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", r"binary data, not a YAML text file"),
     (b"ops: [\xff\xfe]", r"not UTF-8 text \(undecodable byte at offset 6\)"),
-    ("ops: [ShearX\nlayers: 3", r"not valid YAML at line 2, column \d+: expected ','"),
+    ("ops: [ShearX\nlayers: 3",
+     r"not valid YAML at line 2, column \d+: (did not find )?expected ','"),
 ])
 def test_hostile_files_fail_fast_with_one_line(tmp_path, content, message):
     import time
@@ -299,8 +300,27 @@ def test_rastar_preset_is_the_papers_ra_baseline():
     assert policy.apply_prob == (0.2, 0.8) and policy.scale == 1.0
     assert Policy.preset("rastar-n3-m15").scale == 1.5
     assert "rastar-n{N}-m{M}" in " ".join(__import__("dra_dali.policy").policy.preset_names())
-    with pytest.raises(PolicyError, match="N must be >= 1"):
+    with pytest.raises(PolicyError, match=r"'rastar-n0-m10': the number of layers N must lie in "
+                                          r"\[1, 32\], got 0"):
         Policy.preset("rastar-n0-m10")
+    with pytest.raises(PolicyError, match=r"'ra-n200-m9': the number of layers N must lie in"):
+        Policy.preset("ra-n200-m9")                   # was a 108 s recursion error in DALI
+    with pytest.raises(PolicyError, match=r"'ra-n2-m999': the magnitude M must be at most 100"):
+        Policy.preset("ra-n2-m999")
+
+
+def test_preset_command_writes_a_resolution(tmp_path):
+    from click.testing import CliRunner
+
+    from dra_dali.cli import main
+
+    out = tmp_path / "p.yaml"
+    args = ["preset", "dra-imagenet-resnet-50", "-o", str(out), "--resolution", "32"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert Policy.load(out) == Policy.preset("dra-imagenet-resnet-50", resolution=32)
+    bad = CliRunner().invoke(main, ["preset", "ta", "-o", str(out), "--resolution", "0"])
+    assert bad.exit_code == 1 and "resolution: expected a positive integer" in bad.output
 
 
 def test_fill_is_optional_in_v1_files_and_part_of_the_hash(tmp_path):
@@ -762,3 +782,13 @@ def test_show_prints_and_plots_every_format2_feature(tmp_path):
     assert "epochs 3-6: 1 layer" in result.output
     flat = CliRunner().invoke(main, ["show", str(tmp_path / "flat.yaml")]).output
     assert "Rotate           0.455       0.900  levels" in flat             # apply probability
+
+
+def test_readme_format2_example_is_valid():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [b.split("```")[0] for b in readme.split("```yaml\n")[1:]]
+    example = next(b for b in blocks if b.startswith("format: dra-policy/2\nops:"))
+    policy = Policy.from_dict(yaml.safe_load(example))
+    assert policy.gate == 0.35 and policy.depth == 2 and policy.fill == 0
+    assert policy.layers[0].magnitudes[0].random_sign is False
+    assert policy.layers[1].is_format1 and policy.format == "dra-policy/2"

@@ -353,7 +353,7 @@ def test_an_alias_bomb_in_a_saved_config_is_refused_fast(tmp_path):
     lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 12)]
     (out / "config.yaml").write_text("\n".join(lines) + "\n")
     started = time.perf_counter()
-    with pytest.raises(RunDirError, match="config.yaml: not a readable run configuration"):
+    with pytest.raises(RunDirError, match="config.yaml: .*alias"):
         RunDir(out, "train", CONFIG, resume=True).__enter__()
     assert time.perf_counter() - started < 2
 

@@ -129,3 +129,31 @@ def test_geometric_operators_fill_with_the_given_grey_level(name, fill):
     out = apply_op(name, x, ones, ones, 32, fill=fill)
     corner = out[:, :, -1, -1]  # moved out of the image by every one of the three at m = 1
     torch.testing.assert_close(corner, torch.full_like(corner, fill / 255.0))
+
+
+def test_cifar_style_search_runs_and_saves_its_fill(embedded, tmp_path):
+    from dra_dali.policy import Policy
+    from dra_dali.search import run_search
+
+    cfg = SearchConfig.from_dict({
+        "data": str(embedded.train), "model": "wrn-10-1", "model_args": {"dropout": 0.3},
+        "proxy_classes": 3, "images_per_class": 8, "resolution": 16, "crop": "pad",
+        "policy_crop": "none", "cutout": 4, "cutout_policy_step": True, "fill": 0,
+        "batch_size": 4, "epochs": 1, "threads": 1})
+    policy = run_search(cfg, tmp_path / "run", progress=False)
+    assert policy.fill == 0 and Policy.load(tmp_path / "run" / "policy.yaml").fill == 0
+
+
+@pytest.mark.parametrize("name", ["Brightness", "Color", "Sharpness", "Contrast"])
+def test_blend_extrapolates_below_zero_and_clips_the_image(name, photos):
+    # Extended scale (3.0): m = 2 with sign -1 is the blend factor 1 - 0.9 * 2 = -0.8, as in the
+    # DRA authors' code (no clamp at 0; the image is clipped to [0, 1] afterwards).
+    from dra_dali.search.ops import apply_op
+
+    x = torch.from_numpy(photos[0]).permute(2, 0, 1)[None].float() / 255.0
+    below = apply_op(name, x, torch.tensor([2.0]), torch.tensor([-1.0]), 224)
+    degenerate = apply_op(name, x, torch.tensor([1.0 / 0.9]), torch.tensor([-1.0]), 224)
+    expected = (degenerate - 0.8 * (x - degenerate)).clamp(0.0, 1.0)
+    torch.testing.assert_close(below, expected, atol=1e-5, rtol=0)
+    if name != "Brightness":  # a negative brightness is black, with or without the clamp
+        assert (below - degenerate).abs().max() > 0.2  # not the factor-0 image of a clamp at 0

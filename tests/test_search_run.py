@@ -68,8 +68,8 @@ def test_search_writes_the_run_directory(embedded, tmp_path):
     prov = loaded.provenance
     for key in ("data", "model", "epochs", "seed", "search_seconds", "device", "version"):
         assert key in prov, key
-    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [l["epoch"] for l in lines] == [0, 1, 2]
+    lines = [json.loads(row) for row in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in lines] == [0, 1, 2]
     assert all(k in lines[-1] for k in ("policy_ce", "policy_kl", "model_ce", "probabilities"))
     # Cosine decay per step: half the peak after epoch 1 of 2, zero at the end.
     peak = tiny(embedded.train).effective_lr
@@ -87,8 +87,9 @@ def test_learn_w_off_keeps_w_and_fixed_mean_keeps_mean(embedded, tmp_path):
     assert set(policy.layers[0].std) != {0.1}  # std still learned
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(embedded, tmp_path):
-    cfg = tiny(embedded.train, epochs=3)
+@pytest.mark.parametrize("method", ["dra", "ddas"])
+def test_interrupted_then_resumed_equals_uninterrupted(embedded, tmp_path, method):
+    cfg = tiny(embedded.train, epochs=3, method=method)
     full = run_search(cfg, tmp_path / "full", progress=False)
 
     def stop(epoch, metrics):
@@ -100,7 +101,12 @@ def test_interrupted_then_resumed_equals_uninterrupted(embedded, tmp_path):
     state = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     assert state["epoch"] == 1 and not (tmp_path / "cut" / "policy.yaml").exists()
     resumed = run_search(cfg, tmp_path / "cut", resume=True, progress=False)
-    assert resumed.layers == full.layers
+    assert resumed.to_yaml().split("provenance")[0] == full.to_yaml().split("provenance")[0]
+    metrics = [(tmp_path / run / "metrics.jsonl").read_text().splitlines() for run in
+               ("full", "cut")]
+    strip = [[{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+             for lines in metrics]
+    assert strip[0] == strip[1] and len(strip[0]) == 4
     a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["model"]
     b = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -223,20 +229,21 @@ def test_cli_search_and_errors(embedded, tmp_path):
     assert forced.exit_code == 0, forced.output
 
 
-def test_sigterm_leaves_a_loadable_checkpoint(embedded, tmp_path):
+@pytest.mark.parametrize("method", ["dra", "ddas"])
+def test_sigterm_leaves_a_loadable_checkpoint(embedded, tmp_path, method):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "dra_dali.cli", "search", "--data", str(embedded.train),
-           "--out", str(out), "--epochs", "200"]
+           "--out", str(out), "--epochs", "200", "--method", method]
     cmd += [f"--set={k}={v}" for k, v in TINY.items() if k != "epochs"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 60
+        deadline = time.time() + 300  # the first epoch; slow on a loaded 2-core machine
         while not (out / "checkpoint.pt").exists() and time.time() < deadline:
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.2)
         assert (out / "checkpoint.pt").exists()
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -244,3 +251,32 @@ def test_sigterm_leaves_a_loadable_checkpoint(embedded, tmp_path):
     assert "--resume" in err
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["epoch"] >= 1 and not (out / "policy.yaml").exists()
+
+
+def test_ddas_search_exports_a_smoothed_upsampled_schedule(embedded, tmp_path):
+    out = tmp_path / "ddas"
+    cfg = tiny(embedded.train, method="ddas", epochs=3,
+               ops=["Rotate", "Invert", "Brightness", "Identity"],
+               ddas={"levels": [0.3, 0.9], "schedule_epochs": 7, "gate_smoothing": 3})
+    policy = run_search(cfg, out, progress=False)
+    for name in ("policy.yaml", "config.yaml", "metrics.jsonl", "checkpoint.pt",
+                 "trajectories.png"):
+        assert (out / name).is_file(), name
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3]
+    assert all(len(r["p_o"]) == 6 for r in records)      # Rotate, Brightness x 2 levels + 2
+    gates = [r["p_tp"] for r in records[1:]]
+    smoothed = [sum(gates[:2]) / 2, sum(gates) / 3, sum(gates[1:]) / 2]
+    # 3 search epochs over 7 training epochs: 0-2 -> epoch 1, 3-4 -> epoch 2, 5-6 -> epoch 3.
+    loaded = Policy.load(out / "policy.yaml")
+    assert loaded.schedule_boundaries == (3, 5) == policy.schedule_boundaries
+    for train_epoch, source in ((0, 0), (2, 0), (3, 1), (4, 1), (6, 2)):
+        flat = loaded.at_epoch(train_epoch)
+        assert flat.gate == pytest.approx(smoothed[source])
+        p_o = records[source + 1]["p_o"]
+        # Rotate's two levels and Brightness's two levels sum to their operator probability.
+        probs = flat.layers[0].probabilities
+        assert probs[0] == pytest.approx(p_o[0] + p_o[1], rel=1e-6)
+        assert probs[2] == pytest.approx(p_o[3] + p_o[4], rel=1e-6)
+        assert len(flat.layers) == 2 and flat.layers[1] == flat.layers[0]
+    assert loaded.provenance["method"] == "ddas"

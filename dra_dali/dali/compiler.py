@@ -26,13 +26,25 @@ from typing import Sequence
 
 import numpy as np
 from nvidia.dali import fn, types
+from nvidia.dali import math as dmath
 from nvidia.dali.data_node import DataNode
 
-from dra_dali.dali.draws import NEGLIGIBLE_PROBABILITY, draws
-from dra_dali.dali.operators import DALI_OPS
+from dra_dali.dali.draws import NEGLIGIBLE_PROBABILITY, LayerDraws, policy_draws
+from dra_dali.dali.operators import (
+    INTERPOLATIONS,
+    DaliKernel,
+    dali_kernels,
+    image_size,
+    matrix_node,
+    warp,
+)
+from dra_dali.ops import OPS, parameter
 from dra_dali.policy import Policy, PolicySample
 
 __all__ = ["augment", "apply_policy", "AugmentTrace", "NEGLIGIBLE_PROBABILITY"]
+
+# Stands in for infinite parameter bounds in the per-sample tables.
+_HUGE = 1e30
 
 
 @dataclass(frozen=True)
@@ -43,47 +55,179 @@ class AugmentTrace:
         op: int32 index into ``policy.ops`` of the operator drawn in each layer.
         sign: int32 +1/-1 (always +1 for unsigned operators).
         magnitude: float32 clipped magnitude (0 for magnitude-free operators).
-        applied: uint8 1 where the layer's apply coin came up, else 0.
+        applied: uint8 1 where the operator ran (its apply coin and the gate came up), else 0.
+        level: int32 categorical magnitude level per layer, -1 where not categorical.
+        subpolicy: int32 scalar per sample: the sub-policy drawn (0 without sub-policies).
+        gate: uint8 scalar per sample: 1 where the image passed the gate (1 without a gate).
     """
 
     op: DataNode
     sign: DataNode
     magnitude: DataNode
     applied: DataNode
+    level: DataNode
+    subpolicy: DataNode
+    gate: DataNode
 
-    def outputs(self) -> tuple[DataNode, DataNode, DataNode, DataNode]:
-        """The four DataNodes in field order, to return from a pipeline definition."""
-        return self.op, self.sign, self.magnitude, self.applied
+    def outputs(self) -> tuple[DataNode, ...]:
+        """The seven DataNodes in field order, to return from a pipeline definition."""
+        return (self.op, self.sign, self.magnitude, self.applied, self.level, self.subpolicy,
+                self.gate)
 
 
-def _dispatch(names, lo: int, hi: int, branch, images, magnitude, sign, resolution: int):
-    """Run ``DALI_OPS[names[branch]]`` per sample: a binary split over the branch index, so each
-    operator sees only its own samples (DALI conditionals)."""
+def _table(values: Sequence[float], index: DataNode, dtype=np.float64, node: bool = False):
+    """Per-sample ``values[index]``; a plain number when every value is the same (unless
+    ``node``)."""
+    values = np.asarray(values, dtype=dtype)
+    if not node and np.all(values == values.flat[0]):
+        return float(values.flat[0]) if values.ndim == 1 else types.Constant(values[0])
+    return types.Constant(values)[index]
+
+
+def _fixed_magnitudes(policy: Policy, j: int, names: Sequence[str]) -> np.ndarray | None:
+    """Per active operator the magnitude of layer ``j`` when it is not random (normal with
+    std 0, as in RandAugment), else None."""
+    if policy.kind != "layers" or not policy.layers[j].is_format1:
+        return None        # format-2 magnitudes and sub-policies: drawn per sample
+    layer = policy.layers[j]
+    index = [policy.ops.index(n) for n in names]
+    if layer.dist != "normal" or any(layer.std[i] > 0 for i in index):
+        return None
+    return np.clip([layer.mean[i] for i in index], 0.0, policy.scale)
+
+
+def _parameters(kernels: list[DaliKernel], branch, magnitude, sign, resolution: int,
+                fixed: np.ndarray | None = None):
+    """The parameter ``v`` of each sample's operator, computed once for all branches: the
+    catalog's ``clamp(identity + sign * slope * m, lower, upper)`` (floored where the row or the
+    kernel says so) with per-sample rows of float64 tables, as ``ops.parameter_array`` does.
+    With ``fixed`` magnitudes the parameters are precomputed by the catalog (one table lookup
+    over operator and sign)."""
+    specs = [OPS[k.name] for k in kernels]
+    floor = [float(s.rounding == "floor" or k.integer) for s, k in zip(specs, kernels)]
+    if fixed is not None:
+        table = [[parameter(s.name, m, sign, resolution) for sign in (-1, 1)]
+                 for s, m in zip(specs, fixed)]
+        table = np.where(np.array(floor)[:, None] > 0, np.floor(table), table)
+        return _table(np.asarray(table, np.float32).ravel(), branch * 2 + (sign > 0), np.float32,
+                      node=True)
+    bounds = np.clip([s.bounds_at(resolution) for s in specs], -_HUGE, _HUGE)
+    value = (_table([s.identity for s in specs], branch)
+             + fn.cast(sign, dtype=types.FLOAT64)
+             * _table([s.slope_at(resolution) for s in specs], branch)
+             * fn.cast(magnitude, dtype=types.FLOAT64))
+    value = dmath.clamp(value, _table(bounds[:, 0], branch), _table(bounds[:, 1], branch))
+    if all(floor):
+        value = dmath.floor(value)
+    elif any(floor):
+        value = value - _table(floor, branch) * (value - dmath.floor(value))
+    return fn.cast(value, dtype=types.FLOAT)
+
+
+def _linear_form(matrix) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(A, B)`` when ``matrix(v, size) == A + v * B`` for every image size, else None."""
+    def at(v, size=(224.0, 224.0)):
+        return np.array(matrix(v, size), dtype=np.float64)
+
+    base, step = at(0.0), at(1.0) - at(0.0)
+    for v, size in ((2.5, (224.0, 224.0)), (-3.0, (160.0, 96.0)), (0.7, (57.0, 31.0))):
+        if not np.allclose(at(v, size), base + v * step, atol=1e-9):
+            return None
+    return base, step
+
+
+def _affine_matrix(kernels: list[DaliKernel], branch, v, images):
+    """One per-sample 2 x 3 matrix for every affine operator of the layer: a table lookup
+    ``A[branch] + v * B[branch]`` for the operators linear in ``v`` (shear, translate), plus
+    ``(branch == i) * matrix_i(v, size)`` for the others (rotate)."""
+    base = np.zeros((len(kernels), 2, 3), np.float32)
+    step = np.zeros_like(base)
+    others = []
+    for i, kernel in enumerate(kernels):
+        form = _linear_form(kernel.matrix) if kernel.affine else None
+        if form is not None:
+            base[i], step[i] = form
+        elif kernel.affine:
+            others.append(i)
+    matrix = types.Constant(base)[branch] + v * types.Constant(step)[branch]
+    if others:
+        size = image_size(images)
+        for i in others:
+            matrix = matrix + (branch == i) * matrix_node(kernels[i].matrix, v, size)
+    return matrix
+
+
+@dataclass(frozen=True)
+class _Leaf:
+    """One branch of a layer's dispatch: every affine operator together, or one kernel."""
+
+    kernel: DaliKernel | None       # None: the affine family
+
+
+def _leaves(kernels: list[DaliKernel]) -> tuple[list[_Leaf], list[int]]:
+    """The layer's branches and, per active operator, its branch (-1: passthrough, no branch).
+    Affine operators share one branch, and so do kernels that say they share another's."""
+    table = dali_kernels()
+    leaves: list[_Leaf] = []
+    leaf_of = []
+    for kernel in kernels:
+        if kernel.passthrough:
+            leaf_of.append(-1)
+            continue
+        leaf = _Leaf(None if kernel.affine else table[kernel.shares or kernel.name])
+        if leaf not in leaves:
+            leaves.append(leaf)
+        leaf_of.append(leaves.index(leaf))
+    return leaves, leaf_of
+
+
+def _run_leaf(leaf: _Leaf, images, v, matrix, fill: int, interpolation: str):
+    if leaf.kernel is None:
+        return warp(images, matrix, fill, interpolation)
+    return leaf.kernel.apply(images, v, fill=fill, interpolation=interpolation)
+
+
+def _dispatch(leaves, lo: int, hi: int, leaf, images, v, matrix, fill, interpolation):
+    """Run ``leaves[leaf]`` per sample: a binary split over the branch index (as
+    ``nvidia.dali.auto_aug.core.select``), so each branch sees only its own samples."""
     if lo == hi:
-        return DALI_OPS[names[lo]](images, magnitude, sign, resolution=resolution)
+        return _run_leaf(leaves[lo], images, v, matrix, fill, interpolation)
     mid = (lo + hi) // 2
-    if branch <= mid:
-        out = _dispatch(names, lo, mid, branch, images, magnitude, sign, resolution)
+    if leaf <= mid:
+        out = _dispatch(leaves, lo, mid, leaf, images, v, matrix, fill, interpolation)
     else:
-        out = _dispatch(names, mid + 1, hi, branch, images, magnitude, sign, resolution)
+        out = _dispatch(leaves, mid + 1, hi, leaf, images, v, matrix, fill, interpolation)
     return out
 
 
-def _apply_layer(images, policy: Policy, names, branch, magnitude, sign, applied):
-    """The conditional part of a layer: only applied samples reach the operator branches."""
-    sign_f = fn.cast(sign, dtype=types.FLOAT)
-    last = len(names) - 1
-    lo, hi = policy.apply_prob
-    if lo >= 1.0:
-        images = _dispatch(names, 0, last, branch, images, magnitude, sign_f, policy.resolution)
-    elif hi > 0.0:
-        if applied:
-            images = _dispatch(names, 0, last, branch, images, magnitude, sign_f,
-                               policy.resolution)
+def _apply_layer(images, policy: Policy, j: int, layer: LayerDraws, interpolation: str):
+    """The conditional part of a layer: only applied samples whose operator is not a
+    passthrough reach the branches; the parameters and the affine matrix are computed before
+    the split, once for all branches."""
+    table = dali_kernels()
+    kernels = [table[name] for name in layer.names]
+    leaves, leaf_of = _leaves(kernels)
+    if not leaves or layer.coin == "never":
+        return images
+    branch = layer.branch
+    v = _parameters(kernels, branch, layer.magnitude, layer.sign, policy.resolution,
+                    _fixed_magnitudes(policy, j, layer.names))
+    matrix = (_affine_matrix(kernels, branch, v, images)
+              if any(leaf.kernel is None for leaf in leaves) else None)
+    leaf = _table(leaf_of, branch, np.int32) if len(leaves) > 1 or -1 in leaf_of else 0
+    go = layer.applied if layer.coin == "random" else None
+    if -1 in leaf_of:
+        go = leaf >= 0 if go is None else go * (leaf >= 0)
+    last, fill = len(leaves) - 1, policy.fill
+    if go is None:
+        images = _dispatch(leaves, 0, last, leaf, images, v, matrix, fill, interpolation)
+    elif go:
+        images = _dispatch(leaves, 0, last, leaf, images, v, matrix, fill, interpolation)
     return images
 
 
-def augment(images: DataNode, policy: Policy, trace: bool = False, seed: int | None = None):
+def augment(images: DataNode, policy: Policy, trace: bool = False, seed: int | None = None,
+            interpolation: str = "linear"):
     """Apply ``policy`` to a batch of uint8 HWC images inside a DALI pipeline definition.
 
     Call it inside your own ``@pipeline_def(enable_conditionals=True)``; the images may live on
@@ -96,6 +240,9 @@ def augment(images: DataNode, policy: Policy, trace: bool = False, seed: int | N
         policy: the :class:`~dra_dali.Policy` to apply.
         trace: also return an :class:`AugmentTrace` with the draws per image and layer.
         seed: optional seed for the random operators (default: derived from the pipeline seed).
+        interpolation: ``"linear"`` (bilinear, as DALI's rand_augment and the torch search
+            kernels) or ``"nearest"`` (PIL's default, as TF-models RandAugment; about 9x
+            cheaper than bilinear in DALI's CPU ``warp_affine``) for the geometric operators.
 
     Returns:
         The augmented images (same device, uint8 HWC), or ``(images, AugmentTrace)`` when
@@ -103,6 +250,7 @@ def augment(images: DataNode, policy: Policy, trace: bool = False, seed: int | N
 
     Raises:
         TypeError: if ``images`` is not a DataNode or ``policy`` not a Policy.
+        ValueError: for an unknown interpolation.
 
     Example:
         >>> # inside @pipeline_def(enable_conditionals=True, ...):
@@ -114,21 +262,63 @@ def augment(images: DataNode, policy: Policy, trace: bool = False, seed: int | N
     if not isinstance(policy, Policy):
         raise TypeError(f"augment: policy must be a dra_dali.Policy (Policy.load(path) or "
                         f"Policy.preset(name)), got {type(policy).__name__}")
-    columns = []
-    for j in range(policy.depth):
-        layer_seed = None if seed is None else seed * 1000 + 10 * j
-        names, branch, op_index, sign, magnitude, applied = draws(policy, j, layer_seed)
-        images = _apply_layer(images, policy, names, branch, magnitude, sign, applied)
-        columns.append((op_index, sign, magnitude, applied))
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"augment: interpolation must be one of {sorted(INTERPOLATIONS)}, got "
+                         f"{interpolation!r}")
+    drawn = policy_draws(policy, seed)
+    for j, layer in enumerate(drawn.layers):
+        images = _apply_layer(images, policy, j, layer, interpolation)
     if not trace:
         return images
-    stacked = [fn.stack(*[c[f] for c in columns]) for f in range(4)]
-    return images, AugmentTrace(*stacked)
+    stacked = [fn.stack(*[getattr(layer, f) for layer in drawn.layers])
+               for f in ("op", "sign", "magnitude", "applied", "level")]
+    return images, AugmentTrace(*stacked, subpolicy=drawn.subpolicy, gate=drawn.gate)
+
+
+def _checked_images(images) -> list[np.ndarray]:
+    if isinstance(images, np.ndarray) and images.ndim != 4:
+        raise ValueError(f"apply_policy: images must be (N, H, W, 3) uint8, got an array of "
+                         f"shape {images.shape}")
+    items = [np.ascontiguousarray(im) for im in images]
+    if not items:
+        raise ValueError("apply_policy: no images given")
+    for i, im in enumerate(items):
+        if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
+            raise ValueError(f"apply_policy: image {i} must be uint8 (H, W, 3) RGB, got "
+                             f"dtype {im.dtype} shape {im.shape}")
+    return items
+
+
+def _check_target(policy, device: str) -> None:
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"apply_policy: device must be 'cpu' or 'gpu', got {device!r}")
+    if not isinstance(policy, Policy):
+        raise TypeError(f"apply_policy: policy must be a dra_dali.Policy, got "
+                        f"{type(policy).__name__}")
+    if device == "gpu":
+        from nvidia.dali.backend import GetCUDADeviceCount
+
+        if GetCUDADeviceCount() == 0:
+            raise RuntimeError("apply_policy(device='gpu') needs a CUDA GPU and this machine has "
+                               "none visible; use device='cpu' (the same graph on the CPU)")
+
+
+def _run_batches(pipe, items: list[np.ndarray], batch: int, trace: bool):
+    """Feed ``items`` in batches; the images and, with ``trace``, the seven trace columns."""
+    results: list[np.ndarray] = []
+    columns: list[list[np.ndarray]] = [[] for _ in range(7)]
+    for start in range(0, len(items), batch):
+        pipe.feed_input("images", items[start:start + batch])
+        outputs = [o.as_cpu() if hasattr(o, "as_cpu") else o for o in pipe.run()]
+        results.extend(np.array(o) for o in outputs[0])
+        for f in range(7 if trace else 0):
+            columns[f].append(np.stack([np.array(x) for x in outputs[1 + f]]))
+    return results, columns
 
 
 def apply_policy(policy: Policy, images: np.ndarray | Sequence[np.ndarray], seed: int = 0,
                  device: str = "cpu", trace: bool = False, batch_size: int = 256,
-                 num_threads: int = 2):
+                 num_threads: int = 2, interpolation: str = "linear"):
     """Run the compiled policy on in-memory images (numpy in, numpy out).
 
     The same graph as :func:`augment`, fed by an external source. Same seed, same output.
@@ -142,6 +332,7 @@ def apply_policy(policy: Policy, images: np.ndarray | Sequence[np.ndarray], seed
             operator index, sign, magnitude and applied flag per image and layer.
         batch_size: images per DALI batch.
         num_threads: DALI CPU threads.
+        interpolation: geometric operators' interpolation, ``"linear"`` or ``"nearest"``.
 
     Returns:
         The augmented images (an ``(N, H, W, 3)`` array when all outputs have one shape,
@@ -160,28 +351,8 @@ def apply_policy(policy: Policy, images: np.ndarray | Sequence[np.ndarray], seed
     """
     from nvidia.dali import pipeline_def
 
-    if device not in ("cpu", "gpu"):
-        raise ValueError(f"apply_policy: device must be 'cpu' or 'gpu', got {device!r}")
-    if isinstance(images, np.ndarray) and images.ndim != 4:
-        raise ValueError(f"apply_policy: images must be (N, H, W, 3) uint8, got an array of "
-                         f"shape {images.shape}")
-    items = list(images)
-    if not items:
-        raise ValueError("apply_policy: no images given")
-    for i, im in enumerate(items):
-        im = np.asarray(im)
-        if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
-            raise ValueError(f"apply_policy: image {i} must be uint8 (H, W, 3) RGB, got "
-                             f"dtype {im.dtype} shape {im.shape}")
-    if not isinstance(policy, Policy):
-        raise TypeError(f"apply_policy: policy must be a dra_dali.Policy, got "
-                        f"{type(policy).__name__}")
-    if device == "gpu":
-        from nvidia.dali.backend import GetCUDADeviceCount
-
-        if GetCUDADeviceCount() == 0:
-            raise RuntimeError("apply_policy(device='gpu') needs a CUDA GPU and this machine has "
-                               "none visible; use device='cpu' (the same graph on the CPU)")
+    _check_target(policy, device)
+    items = _checked_images(images)
     batch = max(1, min(batch_size, len(items)))
 
     @pipeline_def(enable_conditionals=True, batch_size=batch, num_threads=num_threads,
@@ -191,30 +362,20 @@ def apply_policy(policy: Policy, images: np.ndarray | Sequence[np.ndarray], seed
         if device == "gpu":
             data = data.gpu()
         if trace:
-            out, t = augment(data, policy, trace=True)
+            out, t = augment(data, policy, trace=True, interpolation=interpolation)
             return (out, *t.outputs())
-        return augment(data, policy)
+        return augment(data, policy, interpolation=interpolation)
 
     pipe = _pipe()
     pipe.build()
-    results: list[np.ndarray] = []
-    columns: list[list[np.ndarray]] = [[], [], [], []]
-    for start in range(0, len(items), batch):
-        chunk = [np.ascontiguousarray(im) for im in items[start:start + batch]]
-        pipe.feed_input("images", chunk)
-        outputs = pipe.run()
-        if device == "gpu":
-            outputs = [o.as_cpu() for o in outputs]
-        results.extend(np.array(o) for o in outputs[0])
-        if trace:
-            for f in range(4):
-                columns[f].append(np.stack([np.array(x) for x in outputs[1 + f]]))
+    results, columns = _run_batches(pipe, items, batch, trace)
     del pipe
-    shapes = {r.shape for r in results}
-    out = np.stack(results) if len(shapes) == 1 else results
+    out = np.stack(results) if len({r.shape for r in results}) == 1 else results
     if not trace:
         return out
-    op, sign, magnitude, applied = (np.concatenate(c) for c in columns)
+    op, sign, magnitude, applied, level, subpolicy, gate = (np.concatenate(c) for c in columns)
     sample = PolicySample(op=op.astype(np.int64), sign=sign.astype(np.int64),
-                          magnitude=magnitude.astype(np.float64), applied=applied.astype(bool))
+                          magnitude=magnitude.astype(np.float64), applied=applied.astype(bool),
+                          level=level.astype(np.int64), subpolicy=subpolicy.astype(np.int64),
+                          gate=gate.astype(bool))
     return out, sample

@@ -1,32 +1,36 @@
-"""The catalog operators as DALI graph code on uint8 HWC images.
+"""The catalog operators as DALI graph code on uint8 HWC images, registered to their catalog rows.
 
-Every operator has the signature ``op(images, magnitude, sign=None, *, resolution=224)``:
+Each operator is declared once in :mod:`dra_dali.ops`; its DALI kernel registers to that row here
+(``@dali_kernel`` / ``@dali_affine``, in the style of ``nvidia.dali.auto_aug``'s
+``@augmentation``) and takes the operator's *parameter* (``v``, computed from the magnitude by
+the catalog's mapping, :func:`parameter_node`), not the magnitude:
 
-- ``images``: a uint8 HWC :class:`~nvidia.dali.data_node.DataNode` on ``cpu`` or ``gpu``;
-- ``magnitude``: a per-sample float32 scalar DataNode (CPU), or a Python number;
-- ``sign``: per-sample +1/-1 (CPU DataNode or number) for signed operators; ``None`` means +1;
-- ``resolution``: the training resolution, which picks the translate range (``dra_dali.ops``).
+- ``@dali_kernel(name)``: ``kernel(images, v, *, fill, interpolation, **_) -> images``;
+- ``@dali_affine(name)``: ``matrix(v, size) -> [[a, b, c], [d, e, f]]``, PIL's AFFINE
+  coefficients (output pixel centre -> input point), written over numbers and DataNodes. The
+  compiler runs every affine operator of a layer through one ``fn.warp_affine`` with a
+  per-sample matrix (operators whose matrix is linear in ``v`` share one table lookup).
 
-The magnitude becomes the operator parameter with :func:`parameter_node`, the DataNode form of
-``dra_dali.ops.parameter`` (``clamp(identity + sign * slope * m, lower, upper)``, floored where the
-catalog says so), so the mapping lives in the catalog only. Pixel semantics follow the PIL
-reference (``tests/pil_reference.py``): geometric operators use the PIL pixel-centre convention,
-bilinear interpolation and fill ``FILL_VALUE``; the enhance operators reproduce PIL's blend (float32,
-then truncation) and its integer grey level. Per-sample parameters are computed on the CPU and, for
-GPU images, copied to the GPU where they enter an arithmetic expression with the images.
+:func:`apply_op` runs one operator from a magnitude (tests, benchmarks). Pixel semantics follow
+the PIL reference (``tests/pil_reference.py``): geometric operators use the PIL pixel-centre
+convention, bilinear (or nearest) interpolation and the policy's fill; the enhance operators
+reproduce PIL's blend (float32, then truncation) and its integer grey level. Per-sample
+parameters are computed on the CPU and, for GPU images, copied to the GPU where they enter an
+arithmetic expression with the images.
 
 Example:
     >>> from nvidia.dali import pipeline_def, fn
-    >>> from dra_dali.dali.operators import DALI_OPS
+    >>> from dra_dali.dali.operators import apply_op
     >>> @pipeline_def(batch_size=2, num_threads=1, device_id=None)
     ... def rotated():
     ...     images = fn.external_source(name="images", layout="HWC")
-    ...     return DALI_OPS["Rotate"](images, 0.5, sign=-1)
+    ...     return apply_op("Rotate", images, 0.5, sign=-1, fill=0)
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Union
 
 import numpy as np
@@ -35,12 +39,75 @@ from nvidia.dali import math as dmath
 from nvidia.dali.data_node import DataNode
 from nvidia.dali.pipeline import do_not_convert
 
-from dra_dali.ops import FILL_VALUE, OP_NAMES, OPS, parameter
+from dra_dali.ops import FILL_VALUE, OP_NAMES, OPS, kernels, parameter, register
 
-__all__ = ["DALI_OPS", "OperatorFn", "parameter_node"]
+__all__ = ["DALI_OPS", "DaliKernel", "INTERPOLATIONS", "apply_op", "dali_affine", "dali_kernel",
+           "dali_kernels", "image_size", "matrix_node", "parameter_node", "warp"]
 
 Scalar = Union[DataNode, float, int]
-OperatorFn = Callable[..., DataNode]
+
+#: Interpolation of the geometric operators: PIL's BILINEAR (the default, as DALI's
+#: rand_augment and the torch search kernels) or NEAREST (PIL's default, as TF-models).
+INTERPOLATIONS = {"linear": types.INTERP_LINEAR, "nearest": types.INTERP_NN}
+
+
+@dataclass(frozen=True)
+class DaliKernel:
+    """The DALI implementation of one catalog row.
+
+    Attributes:
+        name: the catalog row.
+        apply: ``(images, v, *, fill, interpolation, **extra) -> images``.
+        matrix: affine operators only: ``(v, size) -> 2 x 3`` PIL AFFINE coefficients, where
+            ``size`` is the image's ``(width, height)`` (numbers, or a float DataNode).
+        integer: the kernel takes the integer part of ``v`` (PIL's int() of a threshold).
+        passthrough: the kernel returns the images unchanged (Identity: no branch at all).
+        shares: in a compiled policy, run this other operator's kernel with this operator's
+            parameter (Invert is Solarize at threshold 0): one branch for both.
+    """
+
+    name: str
+    apply: Callable[..., DataNode]
+    matrix: Callable | None = None
+    integer: bool = False
+    passthrough: bool = False
+    shares: str | None = None
+
+    @property
+    def affine(self) -> bool:
+        return self.matrix is not None
+
+
+def dali_kernel(name: str, *, integer: bool = False, passthrough: bool = False,
+                shares: str | None = None):
+    """Decorator: register ``kernel(images, v, *, fill, interpolation, **_)`` for row ``name``."""
+    def add(function):
+        register("dali", name, DaliKernel(name, do_not_convert(function), None, integer,
+                                          passthrough, shares))
+        return function
+    return add
+
+
+def dali_affine(name: str):
+    """Decorator: register ``matrix(v, size)`` (PIL AFFINE, output -> input; ``size`` = the
+    image's ``(width, height)``) for row ``name``; the images go through :func:`warp` with it."""
+    def add(matrix):
+        def apply(images, v, *, fill=FILL_VALUE, interpolation="linear", **_):
+            return warp(images, matrix_node(matrix, v, image_size(images)), fill, interpolation)
+        register("dali", name, DaliKernel(name, do_not_convert(apply), matrix))
+        return matrix
+    return add
+
+
+def dali_kernels() -> dict[str, DaliKernel]:
+    """The registered DALI kernels, keyed by operator name in catalog order."""
+    return kernels("dali")
+
+
+def _spec(name: str):
+    if name not in OPS:
+        raise KeyError(f"unknown operator {name!r}; the catalog has: {', '.join(OPS)}")
+    return OPS[name]
 
 
 def parameter_node(name: str, magnitude: Scalar, sign: Scalar | None = None,
@@ -68,9 +135,7 @@ def parameter_node(name: str, magnitude: Scalar, sign: Scalar | None = None,
         >>> parameter_node("Rotate", 0.5, sign=-1)
         -15.0
     """
-    if name not in OPS:
-        raise KeyError(f"unknown operator {name!r}; the catalog has: {', '.join(OP_NAMES)}")
-    spec = OPS[name]
+    spec = _spec(name)
     lower, upper = spec.bounds_at(resolution)
     if not any(isinstance(x, DataNode) for x in (magnitude, sign)):
         value = parameter(name, float(magnitude), 1 if sign is None else int(sign), resolution)
@@ -161,214 +226,230 @@ def _blend(degenerate: DataNode, images: DataNode, factor: Scalar) -> DataNode:
     return _truncate_to_uint8(value)
 
 
-def _warp(images: DataNode, matrix: DataNode) -> DataNode:
-    # inverse_map: the matrix maps output pixel centres to input coordinates, as PIL's AFFINE
-    # coefficients do, so the PIL coefficients are used unchanged.
-    return fn.warp_affine(images, matrix=matrix, fill_value=float(FILL_VALUE),
-                          interp_type=types.INTERP_LINEAR, inverse_map=True)
+def apply_op(name: str, images: DataNode, magnitude: Scalar, sign: Scalar | None = None, *,
+             resolution: int = 224, fill: int = FILL_VALUE, interpolation: str = "linear",
+             **extra) -> DataNode:
+    """Apply catalog operator ``name`` with a per-sample magnitude (and sign) to uint8 HWC images.
+
+    Args:
+        name: catalog operator with a registered DALI kernel.
+        images: uint8 HWC DataNode on ``cpu`` or ``gpu``.
+        magnitude: per-sample float32 DataNode (CPU) or a number.
+        sign: per-sample +1/-1 for signed operators; ``None`` = +1.
+        resolution: training resolution (translate range).
+        fill: grey level of the pixels geometric operators bring in.
+        interpolation: ``"linear"`` or ``"nearest"`` (geometric operators).
+        extra: kernel-specific options (Cutout: ``center``).
+
+    Raises:
+        KeyError: for an operator without a DALI kernel.
+    """
+    table = dali_kernels()
+    if name not in table:
+        raise KeyError(f"no DALI kernel for operator {name!r}; registered: {', '.join(table)}")
+    kernel = table[name]
+    v = parameter_node(name, magnitude, sign, resolution, integer=kernel.integer)
+    return kernel.apply(images, v, fill=fill, interpolation=interpolation, **extra)
 
 
-def _affine(images: DataNode, v: Scalar, direction) -> DataNode:
-    """Warp with the inverse map ``identity + v * direction`` (2 x 3, PIL coefficient order)."""
-    identity = np.array([[1, 0, 0], [0, 1, 0]], dtype=np.float32)
-    if not isinstance(v, DataNode):
-        return _warp(images, (identity + np.float32(v) * np.asarray(direction, np.float32))
-                     .ravel().tolist())
-    return _warp(images, _const(identity) + v * _const(direction))
+def warp(images: DataNode, matrix, fill: int = FILL_VALUE,
+         interpolation: str = "linear") -> DataNode:
+    """``fn.warp_affine`` with PIL's AFFINE coefficients (output pixel centres -> input points;
+    DALI's ``inverse_map`` uses the same convention), the fill and the interpolation."""
+    return fn.warp_affine(images, matrix=matrix, fill_value=float(fill),
+                          interp_type=INTERPOLATIONS[interpolation], inverse_map=True)
 
 
-def _p(name: str, magnitude: Scalar, sign: Scalar | None, resolution: int,
-       integer: bool = False) -> Scalar:
-    return parameter_node(name, magnitude, sign, resolution, integer)
+def image_size(images: DataNode) -> DataNode:
+    """Per-sample ``(width, height)`` of HWC images as a float CPU DataNode."""
+    return fn.cast(images.shape(device="cpu")[1::-1], dtype=types.FLOAT)
 
 
-# ----- geometric ------------------------------------------------------------------------------
-def shear_x(images: DataNode, magnitude: Scalar, sign: Scalar | None = None, *,
-            resolution: int = 224) -> DataNode:
-    """ShearX: PIL AFFINE ``(1, v, 0, 0, 1, 0)`` about the top-left origin, fill 128."""
-    return _affine(images, _p("ShearX", magnitude, sign, resolution), [[0, 1, 0], [0, 0, 0]])
+def matrix_node(matrix: Callable, v: Scalar, size):
+    """The 2 x 3 matrix of an affine operator as a per-sample DataNode (or a constant list)."""
+    rows = matrix(v, size)
+    if isinstance(rows, DataNode):
+        return rows
+    entries = [e for row in rows for e in row]
+    if not any(isinstance(e, DataNode) for e in entries):
+        return [float(e) for e in entries]
+    anchor = next(e for e in entries if isinstance(e, DataNode)) * 0.0
+    nodes = [e if isinstance(e, DataNode) else anchor + float(e) for e in entries]
+    return fn.reshape(fn.stack(*nodes), shape=[2, 3])
 
 
-def shear_y(images: DataNode, magnitude: Scalar, sign: Scalar | None = None, *,
-            resolution: int = 224) -> DataNode:
-    """ShearY: PIL AFFINE ``(1, 0, 0, v, 1, 0)`` about the top-left origin, fill 128."""
-    return _affine(images, _p("ShearY", magnitude, sign, resolution), [[0, 0, 0], [1, 0, 0]])
+# ----- geometric: PIL AFFINE coefficients (output -> input) -----------------------------------
+@dali_affine("ShearX")
+def shear_x(v, size):
+    """ShearX: PIL AFFINE ``(1, v, 0, 0, 1, 0)`` about the top-left origin."""
+    return [[1.0, v, 0.0], [0.0, 1.0, 0.0]]
 
 
-def translate_x(images: DataNode, magnitude: Scalar, sign: Scalar | None = None, *,
-                resolution: int = 224) -> DataNode:
-    """TranslateX: PIL AFFINE ``(1, 0, v, 0, 1, 0)``; ``v`` in pixels; fill 128."""
-    return _affine(images, _p("TranslateX", magnitude, sign, resolution), [[0, 0, 1], [0, 0, 0]])
+@dali_affine("ShearY")
+def shear_y(v, size):
+    """ShearY: PIL AFFINE ``(1, 0, 0, v, 1, 0)`` about the top-left origin."""
+    return [[1.0, 0.0, 0.0], [v, 1.0, 0.0]]
 
 
-def translate_y(images: DataNode, magnitude: Scalar, sign: Scalar | None = None, *,
-                resolution: int = 224) -> DataNode:
-    """TranslateY: PIL AFFINE ``(1, 0, 0, 0, 1, v)``; ``v`` in pixels; fill 128."""
-    return _affine(images, _p("TranslateY", magnitude, sign, resolution), [[0, 0, 0], [0, 0, 1]])
+@dali_affine("TranslateX")
+def translate_x(v, size):
+    """TranslateX: PIL AFFINE ``(1, 0, v, 0, 1, 0)``; ``v`` in pixels."""
+    return [[1.0, 0.0, v], [0.0, 1.0, 0.0]]
 
 
-def rotate(images: DataNode, magnitude: Scalar, sign: Scalar | None = None, *,
-           resolution: int = 224) -> DataNode:
-    """Rotate: ``v`` degrees counter-clockwise about the centre, size kept, fill 128."""
-    angle = _p("Rotate", magnitude, sign, resolution)
-    return fn.rotate(images, angle=angle, keep_size=True, fill_value=float(FILL_VALUE),
-                     interp_type=types.INTERP_LINEAR)
+@dali_affine("TranslateY")
+def translate_y(v, size):
+    """TranslateY: PIL AFFINE ``(1, 0, 0, 0, 1, v)``; ``v`` in pixels."""
+    return [[1.0, 0.0, 0.0], [0.0, 1.0, v]]
+
+
+@dali_affine("Rotate")
+def rotate(v, size):
+    """Rotate: ``v`` degrees counter-clockwise about the centre, size kept (PIL Image.rotate).
+
+    PIL's inverse map is the rotation by ``v`` in (x, y) pixel coordinates about ``(W/2, H/2)``;
+    on DataNodes that is one ``fn.transforms.rotation`` (checked against the formula in tests).
+    """
+    if isinstance(v, DataNode) or isinstance(size, DataNode):
+        center = size * 0.5 if isinstance(size, DataNode) else [float(x) * 0.5 for x in size]
+        return fn.transforms.rotation(angle=v, center=center)
+    c, s = math.cos(math.radians(v)), math.sin(math.radians(v))
+    cx, cy = size[0] * 0.5, size[1] * 0.5
+    return [[c, -s, cx - c * cx + s * cy], [s, c, cy - s * cx - c * cy]]
 
 
 # ----- colour ---------------------------------------------------------------------------------
-def brightness(images: DataNode, magnitude: Scalar, sign: Scalar | None = None, *,
-               resolution: int = 224) -> DataNode:
+@dali_kernel("Brightness")
+def brightness(images: DataNode, v: Scalar, **_) -> DataNode:
     """Brightness: PIL blend with black, factor ``v`` (``trunc(v * x)``, clipped)."""
-    factor = _p("Brightness", magnitude, sign, resolution)
-    return fn.brightness(images, brightness=factor, brightness_shift=_TRUNCATE_SHIFT)
+    return fn.brightness(images, brightness=v, brightness_shift=_TRUNCATE_SHIFT)
 
 
-def color(images: DataNode, magnitude: Scalar, sign: Scalar | None = None, *,
-          resolution: int = 224) -> DataNode:
+@dali_kernel("Color")
+def color(images: DataNode, v: Scalar, **_) -> DataNode:
     """Color: PIL blend with the grey (L) image, factor ``v``."""
-    return _blend(_luma(images), images, _p("Color", magnitude, sign, resolution))
+    return _blend(_luma(images), images, v)
 
 
-def contrast(images: DataNode, magnitude: Scalar, sign: Scalar | None = None, *,
-             resolution: int = 224) -> DataNode:
+@dali_kernel("Contrast")
+def contrast(images: DataNode, v: Scalar, **_) -> DataNode:
     """Contrast: PIL blend with the image's mean grey level (rounded to an integer)."""
     mean = fn.reductions.mean(_luma(images), dtype=types.FLOAT)
     center = dmath.floor(mean + 0.5)
-    return _blend(center, images, _p("Contrast", magnitude, sign, resolution))
+    return _blend(center, images, v)
 
 
 _SMOOTH = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=np.float32) / 13.0
 
 
-def sharpness(images: DataNode, magnitude: Scalar, sign: Scalar | None = None, *,
-              resolution: int = 224) -> DataNode:
+@dali_kernel("Sharpness")
+def sharpness(images: DataNode, v: Scalar, **_) -> DataNode:
     """Sharpness: PIL blend with the SMOOTH-filtered image; the 1-pixel border is kept unchanged.
 
     The smoothing runs on the interior only (``mode="valid"``, rounded to uint8 like PIL's
     filter), the blend's change is padded with zeros back to the full size, so border pixels stay
     as they are, like PIL's filter.
     """
-    factor = _p("Sharpness", magnitude, sign, resolution)
     smooth = fn.filter(images, _SMOOTH, mode="valid")
     inner = images[1:-1, 1:-1]
-    change = (_blend(smooth, inner, factor) + _ZERO16) - inner
+    change = (_blend(smooth, inner, v) + _ZERO16) - inner
     shape = fn.cast(images.shape(device="cpu")[0:2], dtype=types.INT32)
-    start = types.Constant(np.array([-1, -1], dtype=np.int32))
-    change = fn.slice(change, start=start, shape=shape, axis_names="HW",
+    change = fn.slice(change, start=[-1, -1], shape=shape, axis_names="HW",
                       out_of_bounds_policy="pad", fill_values=0)
     return fn.cast(images + change, dtype=types.UINT8)
 
 
-def cutout(images: DataNode, magnitude: Scalar, sign: Scalar | None = None, *,
-           resolution: int = 224, center: DataNode | None = None) -> DataNode:
-    """Cutout: zero a square of side ``round(v * H)`` at a random centre, clipped at the borders.
+@dali_kernel("Cutout")
+def cutout(images: DataNode, v: Scalar, *, center: DataNode | None = None, **_) -> DataNode:
+    """Cutout: zero a square of side ``round(v * H)`` at a random centre, clipped at the borders
+    (the DRA authors fill 0, whatever the policy's fill).
 
     Args:
         center: optional per-sample ``(row, column)`` float DataNode; by default it is drawn
             uniformly over the pixel grid, as the PIL reference does.
     """
-    side_fraction = _p("Cutout", magnitude, sign, resolution)
     hw = fn.cast(images.shape(device="cpu")[0:2], dtype=types.FLOAT)
     # Python's round() is half-to-even, floor(x + 0.5) half-up; they differ only at exact .5.
-    side = dmath.floor(side_fraction * hw[0] + 0.5)
-    if center is None:
+    side = dmath.floor(v * hw[0] + 0.5)
+    if center is None:     # u < 1, so floor(u * size) < size in float32 too
         center = dmath.floor(fn.random.uniform(range=[0.0, 1.0], shape=[2]) * hw)
-        center = dmath.min(center, hw - 1.0)
-    anchor = center - dmath.floor(side / 2.0)
-    extent = fn.cat(fn.expand_dims(side, axes=[0]), fn.expand_dims(side, axes=[0]))
-    return fn.erase(images, anchor=fn.cast(anchor, dtype=types.FLOAT),
-                    shape=fn.cast(extent, dtype=types.FLOAT), axis_names="HW",
-                    fill_value=0.0)
+    return fn.erase(images, anchor=center - dmath.floor(side * 0.5), shape=fn.stack(side, side),
+                    axis_names="HW", fill_value=0.0)
 
 
-def solarize(images: DataNode, magnitude: Scalar, sign: Scalar | None = None, *,
-             resolution: int = 224) -> DataNode:
+@dali_kernel("Solarize", integer=True)
+def solarize(images: DataNode, v: Scalar, **_) -> DataNode:
     """Solarize: invert pixels >= the threshold (PIL takes the integer part of the threshold)."""
-    threshold = _like(images, _p("Solarize", magnitude, sign, resolution, integer=True))
-    inverted = images >= threshold
-    return inverted * (_U8_MAX - images) + (inverted ^ True) * images
+    return images ^ ((images >= _like(images, v)) * _U8_MAX)      # x ^ 255 == 255 - x
 
 
-def posterize(images: DataNode, magnitude: Scalar, sign: Scalar | None = None, *,
-              resolution: int = 224) -> DataNode:
+@dali_kernel("Posterize")
+def posterize(images: DataNode, v: Scalar, **_) -> DataNode:
     """Posterize: clear the lowest ``v`` bits (PIL ``posterize(img, 8 - v)``)."""
-    bits = _p("Posterize", magnitude, sign, resolution)
-    mask = fn.cast(256.0 - dmath.pow(2.0, bits), dtype=types.UINT8)
+    mask = fn.cast(256.0 - dmath.pow(2.0, v), dtype=types.UINT8)
     return images & _like(images, mask)
 
 
-def equalize(images: DataNode, magnitude: Scalar = 0.0, sign: Scalar | None = None, *,
-             resolution: int = 224) -> DataNode:
+@dali_kernel("Equalize")
+def equalize(images: DataNode, v: Scalar = 0.0, **_) -> DataNode:
     """Equalize: per-channel histogram equalisation.
 
     Deliberate difference: DALI's ``fn.equalize`` follows OpenCV's lookup table
     (``round((cdf - cdf_min) * 255 / (N - cdf_min))``) while PIL uses
     ``(cdf_exclusive + step // 2) // step`` with ``step = (N - count of the top level) // 255``.
     DALI has no per-sample histogram operator to rebuild PIL's table in the graph; the two tables
-    differ by a few levels (the parity test states the tolerance).
+    differ by a few levels (the catalog row's parity tolerance).
     """
     return fn.equalize(images)
 
 
-def auto_contrast(images: DataNode, magnitude: Scalar = 0.0, sign: Scalar | None = None, *,
-                  resolution: int = 224) -> DataNode:
+@dali_kernel("AutoContrast")
+def auto_contrast(images: DataNode, v: Scalar = 0.0, **_) -> DataNode:
     """AutoContrast: per-channel stretch of [min, max] to [0, 255], PIL's truncating table.
 
     PIL's table is ``int(x * scale + offset)`` in double precision; float32 lands one level
     lower on about 1 % of the pixels, so the per-pixel expression is evaluated in float64.
-    Flat channels keep scale 1 and offset 0 (identity, as in PIL).
+    Flat channels get scale 1 and offset 0 (identity, as in PIL).
     """
     lo = fn.cast(fn.reductions.min(images, axes=[0, 1], keep_dims=True), dtype=types.FLOAT64)
     hi = fn.cast(fn.reductions.max(images, axes=[0, 1], keep_dims=True), dtype=types.FLOAT64)
-    spread = hi - lo
-    flat = spread <= 0.0
-    scale = 255.0 / (spread + flat) * (flat ^ True) + flat
-    offset = -lo * scale * (flat ^ True)
-    return fn.cast(images * scale + offset - 0.5, dtype=types.UINT8)
+    flat = hi <= lo
+    scale = 255.0 / (hi - lo + flat * 255.0)
+    offset = (flat - 1) * lo * scale - 0.5            # -lo * scale, or 0 for a flat channel
+    return fn.cast(images * scale + offset, dtype=types.UINT8)
 
 
-def invert(images: DataNode, magnitude: Scalar = 0.0, sign: Scalar | None = None, *,
-           resolution: int = 224) -> DataNode:
+@dali_kernel("Invert", shares="Solarize")
+def invert(images: DataNode, v: Scalar = 0.0, **_) -> DataNode:
     """Invert: ``255 - x``."""
     return _U8_MAX - images
 
 
-def solarize_add(images: DataNode, magnitude: Scalar, sign: Scalar | None = None, *,
-                 resolution: int = 224) -> DataNode:
+@dali_kernel("SolarizeAdd", integer=True)
+def solarize_add(images: DataNode, v: Scalar, **_) -> DataNode:
     """SolarizeAdd: add ``int(v)`` to pixels below 128, saturating at 255."""
-    add = _like(images, fn.cast(_p("SolarizeAdd", magnitude, sign, resolution, integer=True),
-                                dtype=types.UINT8))
+    add = _like(images, fn.cast(v, dtype=types.UINT8))
     low = images < _U8_128
     return images + low * dmath.min(add, _U8_MAX - images)
 
 
-def identity(images: DataNode, magnitude: Scalar = 0.0, sign: Scalar | None = None, *,
-             resolution: int = 224) -> DataNode:
+@dali_kernel("Identity", passthrough=True)
+def identity(images: DataNode, v: Scalar = 0.0, **_) -> DataNode:
     """Identity: the images unchanged."""
     return images
 
 
-#: Operator name -> DALI graph function, in the catalog's order. The functions contain no
+def _built_in(name: str):
+    def op(images, magnitude, sign=None, **kwargs):
+        return apply_op(name, images, magnitude, sign, **kwargs)
+    op.__name__ = op.__qualname__ = name
+    op.__doc__ = dali_kernels()[name].apply.__doc__
+    return do_not_convert(op)
+
+
+#: Operator name -> ``op(images, magnitude, sign=None, *, resolution, fill, interpolation)`` for
+#: the built-in catalog (:func:`apply_op` for any registered kernel). The kernels contain no
 #: data-dependent ``if``, so they are exempt from DALI's AutoGraph rewriting (``do_not_convert``):
 #: converting them again for every conditional branch made a policy take seconds to define.
-DALI_OPS: dict[str, OperatorFn] = {
-    "ShearX": shear_x,
-    "ShearY": shear_y,
-    "TranslateX": translate_x,
-    "TranslateY": translate_y,
-    "Rotate": rotate,
-    "Brightness": brightness,
-    "Color": color,
-    "Sharpness": sharpness,
-    "Contrast": contrast,
-    "Cutout": cutout,
-    "Solarize": solarize,
-    "Posterize": posterize,
-    "Equalize": equalize,
-    "AutoContrast": auto_contrast,
-    "Invert": invert,
-    "SolarizeAdd": solarize_add,
-    "Identity": identity,
-}
-DALI_OPS = {name: do_not_convert(op) for name, op in DALI_OPS.items()}
+DALI_OPS: dict[str, Callable[..., DataNode]] = {name: _built_in(name) for name in OP_NAMES}
 parameter_node = do_not_convert(parameter_node)

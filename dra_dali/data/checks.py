@@ -272,10 +272,20 @@ def _strict_jpeg_problems(path: Path) -> list[Problem]:
         if "premature end" in text.lower():
             return [Problem(path, "truncated", f"the image data ends early (libjpeg: {text}); "
                                                "re-fetch it")]
-        return [Problem(path, "corrupt", f"corrupt JPEG data (libjpeg: {text}); decoders read it "
-                                         "with only a warning and return garbage pixels; "
-                                         "re-fetch or remove it")]
+        return [Problem(path, "corrupt", f"corrupt JPEG data (libjpeg: {text}); "
+                                         f"{_lenient_outcome(data)}; re-fetch or remove it")]
     return []
+
+
+def _lenient_outcome(data: bytes) -> str:
+    """What a decoder that only warns makes of a JPEG that fails the strict decode."""
+    import simplejpeg
+
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=False)
+    except ValueError:
+        return "it cannot be decoded"
+    return "decoders read it with only a warning and return garbage pixels"
 
 
 def _decode_problems(path: Path, fmt: str | None) -> list[Problem]:
@@ -318,12 +328,8 @@ def check_file(path: str | Path, decode: bool = True) -> list[Problem]:
     except OSError as exc:
         return [Problem(path, "unreadable", f"cannot read the file ({exc.strerror})")]
     problems = _header_problems(path, head, tail, size)
-    stop = {"empty", "not-an-image", "unsupported-format", "unsupported-depth", "huge"}
-    if decode and not any(p.kind in stop for p in problems):
-        found = _decode_problems(path, sniff_format(head))
-        if any(p.kind == "truncated" for p in problems):
-            found = [p for p in found if p.kind != "truncated"]
-        problems += found
+    if decode and not any(p.kind in BLOCKING for p in problems):
+        problems += _decode_problems(path, sniff_format(head))
     return problems
 
 

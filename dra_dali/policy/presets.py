@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from dra_dali.ops import PAPER_OPS
 from dra_dali.policy.model import Layer, Policy, PolicyError
+from dra_dali.policy.parse import MAX_LAYERS, MAX_SCALE
 
 __all__ = ["preset", "preset_names"]
 
@@ -48,8 +49,12 @@ def _uniform_layers(depth: int, n_ops: int, mean: float, std: float,
 
 def _randaugment(n: int, m: float, mstd: float, scale: float, p: tuple[float, float],
                  ops: Sequence[str], name: str) -> Policy:
-    if n < 1:
-        raise PolicyError(f"preset {name!r}: the number of layers N must be >= 1, got {n}")
+    if not 1 <= n <= MAX_LAYERS:
+        raise PolicyError(f"preset {name!r}: the number of layers N must lie in "
+                          f"[1, {MAX_LAYERS}], got {n}")
+    if not scale <= MAX_SCALE:
+        raise PolicyError(f"preset {name!r}: the magnitude M must be at most "
+                          f"{10 * MAX_SCALE:g} (scale {MAX_SCALE:g}), got {10 * scale:g}")
     if mstd > 100:  # timm: mstd > 100 means uniform magnitude in [0, m]; uniform over [0, scale]
         layers = _uniform_layers(n, len(ops), 0.0, 0.0, "uniform")
     else:

@@ -36,6 +36,7 @@ from dra_dali.errors import DraDaliError
 from dra_dali.runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dra_dali.runtime.files import atomic_write, remove_stale_temps
 from dra_dali.runtime.metrics import MetricsLog
+from dra_dali.safe_yaml import load_yaml
 
 __all__ = ["RunDir", "RunDirError", "CHECKPOINT", "CONFIG", "METRICS", "OVERRIDES", "LOCK",
            "FINISHED", "RUN_FILES"]
@@ -54,20 +55,10 @@ RUN_FILES = {
     "train": (CHECKPOINT, CONFIG, METRICS, OVERRIDES, "summary.json", "policy.yaml",
               "config.json", "excluded_files.txt", "tensorboard", "best.pt", "model.pt"),
 }
-_MAX_CONFIG_BYTES = 1 << 20
 
 
 class RunDirError(DraDaliError):
     """The run directory cannot be used as asked; the message says why and what to do."""
-
-
-class _Loader(yaml.SafeLoader):
-    """Safe YAML without aliases (a config.yaml this module wrote never has any)."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            raise yaml.YAMLError("aliases are not allowed in a run's config.yaml")
-        return super().compose_node(parent, index)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -79,12 +70,8 @@ def _dump(config: dict[str, Any]) -> str:
     return yaml.dump(config, Dumper=_Dumper, sort_keys=False)
 
 
-def _parse(text: str, where: Path) -> dict[str, Any]:
-    try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader without aliases)
-    except (yaml.YAMLError, RecursionError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise RunDirError(f"{where}: not a readable run configuration ({reason})") from None
+def _parse(text: str | bytes, where: Path) -> dict[str, Any]:
+    data = load_yaml(text, what=str(where), error=RunDirError)
     if not isinstance(data, dict):
         raise RunDirError(f"{where}: not a readable run configuration (not a mapping)")
     return data
@@ -290,10 +277,7 @@ class RunDir:
         path = self.file(CONFIG)
         if not path.is_file():
             return None  # a run of a version that did not write it: nothing to compare
-        if path.stat().st_size > _MAX_CONFIG_BYTES:
-            raise RunDirError(f"{path}: larger than {_MAX_CONFIG_BYTES} bytes; not a run "
-                              "configuration")
-        return _parse(path.read_text(errors="replace"), path)
+        return _parse(path.read_bytes(), path)
 
     def _check_config(self) -> dict[str, tuple[Any, Any]]:
         saved = self._saved_config()

@@ -46,6 +46,9 @@ class SearchConfig:
             ``val_data`` they are split into a model half (``K - K // 2``) and a policy half
             (``K // 2``); with ``val_data`` the model half takes ``K - K // 2`` per class from
             ``data`` and the policy half ``K // 2`` per class from ``val_data``.
+        val_images_per_class: size per class of the second half (DRA's policy half, DDAS's
+            validation half) instead of ``K // 2``; the model half keeps the rest of ``K``
+            (DDAS on ImageNet: ``images_per_class: 70``, ``val_images_per_class: 20``).
         resolution: training resolution of the search (and of the policy).
         decode_size: side of the square the proxy images are decoded to before crop
             (``null``: ``resolution`` for ``crop: pad``, ``8/7 * resolution`` otherwise).
@@ -95,6 +98,7 @@ class SearchConfig:
     model: str = "resnet-tiny"
     proxy_classes: int | None = None
     images_per_class: int | None = None
+    val_images_per_class: int | None = None
     resolution: int = 32
     decode_size: int | None = None
     crop: str = "rrc"
@@ -267,7 +271,7 @@ class SearchConfig:
             if getattr(self, key) < 1:
                 raise bad(key, "must be >= 1")
         for key in ("proxy_classes", "images_per_class", "decode_size", "threads",
-                    "val_batch_size"):
+                    "val_batch_size", "val_images_per_class"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise bad(key, "must be >= 1 or null")
@@ -399,7 +403,8 @@ def _convert(key: str, value: Any, default: Any, where: str) -> Any:
         if isinstance(default, float):
             return float(value)
         if isinstance(default, int) or key in ("proxy_classes", "images_per_class",
-                                               "decode_size", "threads", "val_batch_size"):
+                                               "decode_size", "threads", "val_batch_size",
+                                               "val_images_per_class"):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
             return int(value)

@@ -134,27 +134,38 @@ def load_proxy(config: SearchConfig) -> ProxySet:
                 raise DataError(f"{config.data}: class {name!r} has {len(files)} images, the "
                                 f"proxy asks for {k} per class (images_per_class; at least 2)")
             chosen = [files[i] for i in rng.choice(len(files), size=k, replace=False)]
-            n_policy = k // 2
+            n_policy = _policy_share(config, k)
             policy_items += [(p, label) for p in chosen[:n_policy]]
             model_items += [(p, label) for p in chosen[n_policy:]]
         else:
             k = config.images_per_class
-            n_model = (k - k // 2) if k else len(files)
-            n_policy = (k // 2) if k else len(val_by[name])
+            n_policy = _policy_share(config, k) if k else len(val_by[name])
+            n_model = (k - n_policy) if k else len(files)
             if n_model > len(files) or n_model < 1:
                 raise DataError(f"{config.data}: class {name!r} has {len(files)} images, the "
-                                f"model half asks for {n_model} (images_per_class - "
-                                f"images_per_class // 2)")
+                                f"model half asks for {n_model} (images_per_class minus the "
+                                f"policy half)")
             vfiles = val_by[name]
             if n_policy > len(vfiles) or n_policy < 1:
                 raise DataError(f"{config.val_data}: class {name!r} has {len(vfiles)} images, "
-                                f"the policy half asks for {n_policy} (images_per_class // 2)")
+                                f"the policy half asks for {n_policy} (val_images_per_class or "
+                                f"images_per_class // 2)")
             model_items += [(files[i], label)
                             for i in rng.choice(len(files), size=n_model, replace=False)]
             policy_items += [(vfiles[i], label)
                              for i in rng.choice(len(vfiles), size=n_policy, replace=False)]
     side = config.stored_size
     return ProxySet(_half(model_items, side), _half(policy_items, side), classes)
+
+
+def _policy_share(config: SearchConfig, k: int) -> int:
+    """Images per class of the second half: ``val_images_per_class``, else ``k // 2``."""
+    if config.val_images_per_class is None:
+        return k // 2
+    if config.val_images_per_class >= k:
+        raise DataError(f"val_images_per_class ({config.val_images_per_class}) must be smaller "
+                        f"than images_per_class ({k}): the model half needs images too")
+    return config.val_images_per_class
 
 
 def crop_flip(images: torch.Tensor, config: SearchConfig,

@@ -6,10 +6,14 @@ operator a magnitude mean ``mu`` and standard deviation ``sigma``. A forward pas
 1. draws an operator with a hard Gumbel-softmax (temperature ``tau``, straight-through): the
    one-hot ``h`` is exact in the forward pass and carries the soft gradient to ``w``;
 2. computes only the drawn operator; the others enter as ``1 * h_o`` (zero in the forward pass),
-   so their logits still receive gradient, as in the authors' code;
+   so their logits still receive gradient, as in the authors' code, where ``1`` is one grey level
+   of their 0-255 images (1/255 here);
 3. draws the magnitude ``m = clip(mu + eps * sigma, 0, scale)`` (reparameterised) and feeds the
-   operator ``x + m - stop_grad(m)`` so that ``m`` receives the operator's input gradient;
-4. draws a random sign for signed operators and an apply coin with ``p ~ U(lo, hi)`` per image.
+   operator ``x + (m - stop_grad(m)) / 255`` so that ``m`` receives the operator's input
+   gradient (the authors' straight-through term in their 0-255 units); Brightness, Color,
+   Sharpness, Contrast and SolarizeAdd also get ``d OP / d m`` through their parameter;
+4. draws a random sign for signed operators and an apply coin with ``p ~ U(lo, hi)`` per image;
+   an image whose coin fails keeps its input, still weighted by ``h_o`` (Eq. 8 and 12).
 
 ``sampling="image"`` (the default) draws the operator per image, as the DRA authors do (their
 layer runs image by image under ``tf.map_fn``), and groups the batch by operator;
@@ -57,6 +61,8 @@ class DRAPolicy(nn.Module):
         op_gradient: when False every operator passes the gradient straight through (the
             magnitude then learns only from ``x + m - stop_grad(m)`` with an identity Jacobian).
         fill: grey level (0-255) the geometric operators fill with (the DRA authors: 0).
+        bypass_unapplied: images whose apply coin failed leave the layer untouched instead of
+            weighted by the drawn operator's ``h_o`` (Eq. 8/12; the default follows the paper).
 
     Raises:
         ValueError: for an unknown operator, a depth below 1, a bad sampling mode or ranges.
@@ -67,7 +73,8 @@ class DRAPolicy(nn.Module):
                  temperature: float = 0.5, sampling: Literal["image", "batch"] = "image",
                  init_logit: float = 1e-3, init_mean: float = 0.5, init_std: float = 0.1,
                  learn_w: bool = True, learn_mean: bool = True, learn_std: bool = True,
-                 op_gradient: bool = True, fill: int = FILL_VALUE) -> None:
+                 op_gradient: bool = True, fill: int = FILL_VALUE,
+                 bypass_unapplied: bool = False) -> None:
         super().__init__()
         unknown = [name for name in ops if name not in OPS]
         if unknown or not ops:
@@ -92,6 +99,7 @@ class DRAPolicy(nn.Module):
         self.sampling = sampling
         self.op_gradient = op_gradient
         self.fill = int(fill)
+        self.bypass_unapplied = bypass_unapplied
         n = len(self.ops)
         self.logits = nn.Parameter(torch.full((depth, n), float(init_logit)), requires_grad=learn_w)
         self.mean = nn.Parameter(torch.full((depth, n), float(init_mean)), requires_grad=learn_mean)
@@ -156,25 +164,37 @@ class DRAPolicy(nn.Module):
             idx = rows[chosen == op_index]
             xi, mi = x[idx], magnitude[idx]
             weight = hard[idx]
-            # Image entering the operator: x + m - stop_grad(m) carries the operator's input
-            # gradient to the magnitude. Unlike the authors' code, magnitude-free operators
-            # (Equalize, AutoContrast, Invert) get no such term: their mean and std have no
-            # meaning, so they stay at their initial values instead of drifting with noise.
-            if OPS[self.ops[op_index]].magnitude_free:
-                entering = xi
-            else:
-                entering = xi + (mi - mi.detach()).view(-1, 1, 1, 1)
-            out = apply_op(self.ops[op_index], entering, mi, sign[idx], self.resolution,
-                           fill=self.fill, centers=centers[idx],
+            out = apply_op(self.ops[op_index], self._entering(op_index, xi, mi), mi, sign[idx],
+                           self.resolution, fill=self.fill, centers=centers[idx],
                            straight_through=None if self.op_gradient else True)
-            others = weight.sum(dim=1) - weight[:, op_index]
-            out = weight[:, op_index].view(-1, 1, 1, 1) * out + others.view(-1, 1, 1, 1)
             keep = applied[idx].view(-1, 1, 1, 1)
-            outputs.append(torch.where(keep, out, xi))
+            # Eq. (8) and (12): an image whose apply coin failed is X^{d-1}, and it is still
+            # weighted by h_o (its logits get gradient; its magnitude gets none).
+            out = torch.where(keep, out, xi)
+            # The 1 * h_o of the operators not drawn is one grey level in the authors' 0-255
+            # images: 1/255 here. A 1 in [0, 1] units would be white, and the logits would learn
+            # which operator's output is furthest from white (SolarizeAdd top-1 in 6 of 6 layers
+            # with nothing transformed in the data, before this was scaled).
+            others = (weight.sum(dim=1) - weight[:, op_index]) / 255.0
+            out = weight[:, op_index].view(-1, 1, 1, 1) * out + others.view(-1, 1, 1, 1)
+            outputs.append(torch.where(keep, out, xi) if self.bypass_unapplied else out)
             order.append(idx)
         inverse = torch.empty_like(rows)
         inverse[torch.cat(order)] = rows
         return torch.cat(outputs)[inverse]
+
+    def _entering(self, op_index: int, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """The image the drawn operator sees: ``x + (m - stop_grad(m)) / 255``.
+
+        The straight-through term gives the magnitude the operator's input gradient, summed
+        over the pixels. The authors add ``m - stop_grad(m)`` to 0-255 images, one grey level
+        per unit of ``m``: 1/255 in the [0, 1] units here. Unlike the authors' code,
+        magnitude-free operators (Equalize, AutoContrast, Invert) get no such term: their mean
+        and std have no meaning, so they stay at their initial values instead of drifting.
+        """
+        if OPS[self.ops[op_index]].magnitude_free:
+            return x
+        return x + ((m - m.detach()) / 255.0).view(-1, 1, 1, 1)
 
     def to_policy(self, provenance: dict[str, Any] | None = None) -> Policy:
         """The current parameters as a validated :class:`dra_dali.policy.Policy`."""
@@ -185,7 +205,7 @@ class DRAPolicy(nn.Module):
         logits, mean, std = values(self.logits), values(self.mean), values(self.std)
         layers = tuple(Layer(tuple(w), tuple(m), tuple(s)) for w, m, s in zip(logits, mean, std))
         return Policy(self.ops, layers, resolution=self.resolution, scale=self.scale,
-                      apply_prob=self.apply_prob, provenance=provenance or {})
+                      apply_prob=self.apply_prob, fill=self.fill, provenance=provenance or {})
 
     @torch.no_grad()
     def probabilities(self) -> torch.Tensor:

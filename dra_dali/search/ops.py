@@ -6,11 +6,13 @@ takes a per-sample magnitude and sign (``(B,)`` tensors) and turns them into its
 :func:`op_parameter`, which reads ``identity``, ``slope_at``, ``bounds_at`` and ``rounding`` from
 :data:`dra_dali.ops.OPS`; the pixel semantics follow the PIL reference (``tests/pil_reference.py``).
 
-Gradients: operators whose catalog row has ``input_gradient=True`` are differentiable with
-respect to the image; the others (Solarize, Posterize, Equalize) pass the output gradient straight
-through to the input (``x + stop_grad(f(x) - x)``). The magnitude itself enters the search through
-the image (``x + m - stop_grad(m)``, see :mod:`dra_dali.search.layer`), so the parameter computed
-here needs no gradient.
+Gradients, as in the DRA authors' code: operators whose catalog row has ``input_gradient=True``
+are differentiable with respect to the image (Solarize with its exact +-1); the others (Posterize,
+Equalize) pass the output gradient straight through to the input (``x + stop_grad(f(x) - x)``).
+The magnitude reaches the parameter of Brightness, Color, Sharpness, Contrast and SolarizeAdd
+undetached (:data:`PARAMETER_GRADIENT_OPS`: the true ``d OP / d m``); every magnitude operator also
+gets the straight-through term of the DRA layer (``x + m - stop_grad(m)``, see
+:mod:`dra_dali.search.layer`).
 
 Example:
     >>> import torch
@@ -31,7 +33,7 @@ import torch
 
 from dra_dali.ops import FILL_VALUE, OP_NAMES, OPS, OpSpec
 
-__all__ = ["TORCH_OPS", "apply_op", "op_parameter", "cutout_centers"]
+__all__ = ["TORCH_OPS", "PARAMETER_GRADIENT_OPS", "apply_op", "op_parameter", "cutout_centers"]
 
 # PIL's luma weights (ITU-R 601-2) as in Image.convert("L").
 _LUMA = (0.299, 0.587, 0.114)
@@ -229,7 +231,11 @@ def _identity(x, v=None, **_):
 
 
 def _solarize_add(x, v, **_):
-    added = torch.clamp(x + torch.floor(v).view(-1, 1, 1, 1) / 255.0, max=1.0)
+    # Deviation: the DRA authors add the float ``v``; the forward here floors it like PIL and
+    # DALI (at most 1/255 per pixel), and the floor is straight-through (``v`` keeps gradient 1),
+    # so d out / d v is the authors' (1/255 per grey level where not clipped).
+    whole = v + (torch.floor(v) - v).detach()
+    added = torch.clamp(x + whole.view(-1, 1, 1, 1) / 255.0, max=1.0)
     return torch.where(_levels(x) < 128, added, x)
 
 
@@ -241,6 +247,13 @@ _IMPL: dict[str, Callable[..., torch.Tensor]] = {
     "Posterize": _posterize, "Equalize": _equalize, "AutoContrast": _autocontrast,
     "Invert": _invert, "SolarizeAdd": _solarize_add, "Identity": _identity,
 }
+#: Operators whose parameter carries the magnitude's gradient (``d OP / d m``), as in the DRA
+#: authors' code: the blend factor of Brightness, Color, Sharpness, Contrast and the SolarizeAdd
+#: addition are float tensors there. The others get none: TF has no gradient through the
+#: geometric transform matrix, Cutout and Posterize cast to int, the Solarize threshold only
+#: enters ``tf.where``'s condition, and Equalize, AutoContrast, Invert take no magnitude.
+PARAMETER_GRADIENT_OPS = frozenset({"Brightness", "Color", "Sharpness", "Contrast",
+                                    "SolarizeAdd"})
 #: Names of the operators implemented in torch (a test asserts this equals ``OP_NAMES``).
 TORCH_OPS: tuple[str, ...] = tuple(_IMPL)
 
@@ -254,7 +267,8 @@ def apply_op(name: str, x: torch.Tensor, magnitude: torch.Tensor, sign: torch.Te
     Args:
         name: operator name from :data:`dra_dali.ops.OPS`.
         x: ``(B, 3, H, W)`` float images in [0, 1].
-        magnitude: ``(B,)`` normalised magnitudes (only their values are used).
+        magnitude: ``(B,)`` normalised magnitudes; the gradient reaches them through the
+            parameter of the operators in :data:`PARAMETER_GRADIENT_OPS` only.
         sign: ``(B,)`` +1/-1 for signed operators (``None``: +1).
         resolution: training resolution (selects the translate range).
         fill: grey level (0-255 units, like a policy's ``fill``) of the pixels that geometric
@@ -279,7 +293,9 @@ def apply_op(name: str, x: torch.Tensor, magnitude: torch.Tensor, sign: torch.Te
         raise ValueError(f"{name}: expected {x.shape[0]} magnitudes, got shape "
                          f"{tuple(magnitude.shape)}")
     spec = OPS[name]
-    v = op_parameter(spec, magnitude.detach(), sign, resolution).to(device=x.device, dtype=x.dtype)
+    if name not in PARAMETER_GRADIENT_OPS:
+        magnitude = magnitude.detach()
+    v = op_parameter(spec, magnitude, sign, resolution).to(device=x.device, dtype=x.dtype)
     if straight_through is None:
         straight_through = not spec.input_gradient
     if straight_through:

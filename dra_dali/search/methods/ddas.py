@@ -179,7 +179,7 @@ class DDASMethod(SearchMethod):
             if cand.random_sign:
                 sign = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
             x = apply_op(cand.op, x, torch.full((n,), cand.level), sign.to(x.device),
-                         self.config.resolution, generator=generator)
+                         self.config.resolution, fill=self.config.fill, generator=generator)
         return x
 
     def step(self, ctx: StepContext, train: Batch, val: Batch) -> dict[str, float]:

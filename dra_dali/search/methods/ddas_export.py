@@ -72,7 +72,7 @@ def _body(method: Any, p_o: np.ndarray, gate: float) -> dict[str, Any]:
     cfg = method.config
     layer = _layer(method, p_o)
     return {"ops": list(cfg.ops), "resolution": cfg.resolution, "scale": cfg.scale,
-            "apply_prob": [1.0, 1.0], "gate": gate,
+            "fill": cfg.fill, "apply_prob": [1.0, 1.0], "gate": gate,
             "layers": [layer] * method.options.ops_per_policy}
 
 
@@ -95,8 +95,7 @@ def schedule_policy(method: Any, history: Sequence[Mapping[str, Any]],
             continue
         body = _body(method, np.asarray(snaps[source]["p_o"], dtype=np.float64), gates[source])
         schedule.append({"start_epoch": epoch, "policy": body})
-    first = schedule[0]["policy"]
-    data = {"format": "dra-policy/2", **{k: first[k] for k in ("ops", "resolution", "scale")},
+    data = {"format": "dra-policy/2",
             "schedule": schedule,
             "provenance": {**provenance, "gate_smoothing": method.options.gate_smoothing,
                            "schedule_epochs": train_epochs,
