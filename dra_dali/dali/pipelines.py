@@ -26,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -278,13 +277,10 @@ def resolve_policy(spec: "Policy | str | Path | None", resolution: int) -> Polic
     if Path(text).exists() or Path(text).suffix in (".yaml", ".yml"):
         return Policy.load(text)
     try:
-        policy = Policy.preset(text)
+        return Policy.preset(text, resolution=resolution)
     except PolicyError as exc:
         raise PolicyError(f"policy {text!r} is not a file and not a preset ({exc}); give a policy "
                           "YAML file, a preset name, or 'none'") from None
-    if resolution != policy.resolution:
-        policy = dataclasses.replace(policy, resolution=resolution)
-    return policy
 
 
 # ----- graph pieces ------------------------------------------------------------------------------
