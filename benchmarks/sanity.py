@@ -11,7 +11,8 @@ reports T's final probability and its rank among the operators (1 = highest), wr
 and a plot of T's probability over the epochs, and prints a Markdown table.
 
 Defaults: the embedded demo data (10 classes), resnet-tiny at 32 px, 40 images per class (20 per
-half), 6 epochs, batch 32, one CPU thread per run; about a minute per run on an idle core.
+half), 6 epochs, batch 32 (DDAS's validation batch 128), one CPU thread per run; one to three
+minutes per run on an idle core.
 
 Usage:
     python benchmarks/sanity.py --out runs/sanity                    # ddas and dra, 3 seeds
@@ -66,6 +67,7 @@ def _config(job: Job) -> SearchConfig:
         # The same candidates in every run (control included): each checked T at its magnitude
         # with sign +1, every other operator at OTHER_LEVEL.
         pinned = {TRANSFORMS[t][0]: TRANSFORMS[t][1] for t in a["transforms"]}
+        values["val_batch_size"] = a["ddas_val_batch_size"]
         values["ddas"] = {"levels": [OTHER_LEVEL],
                           "op_levels": {op: [level] for op, level in pinned.items()},
                           "fixed_sign": list(pinned), "lr": a["ddas_lr"]}
@@ -200,6 +202,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--images-per-class", type=int, default=40)
     parser.add_argument("--model", default="resnet-tiny")
     parser.add_argument("--ddas-lr", type=float, default=0.05)
+    parser.add_argument("--ddas-val-batch-size", type=int, default=128,
+                        help="DDAS's validation batch (the paper: 8x the training batch)")
     parser.add_argument("--jobs", type=int, default=1, help="searches run in parallel")
     args = parser.parse_args(argv)
     if args.data is None:
@@ -212,7 +216,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         parser.error(f"unknown transform(s) {unknown}; choose from {', '.join(TRANSFORMS)}")
     shared = {"out": str(args.out), "data": args.data, "epochs": args.epochs,
               "images_per_class": args.images_per_class, "model": args.model,
-              "ddas_lr": args.ddas_lr, "transforms": transforms}
+              "ddas_lr": args.ddas_lr, "ddas_val_batch_size": args.ddas_val_batch_size,
+              "transforms": transforms}
     runs = transforms + ([] if args.no_control else [CONTROL])
     jobs = [Job(m, t, s, shared) for m in args.methods.split(",") for t in runs
             for s in range(args.seeds)]

@@ -188,7 +188,8 @@ def _magnitude_panel(ax, policy: Policy, columns) -> None:
         offset = (c - (len(columns) - 1) / 2) * width
         for i, (name, m) in enumerate(zip(policy.ops, layer.magnitudes)):
             if not OPS[name].magnitude_free:
-                _draw_magnitude(ax, m, y[i] + offset, width, scale, colours[c])
+                _draw_magnitude(ax, m, y[i] + offset, width, scale, colours[c],
+                                label_levels=len(columns) == 1)
         ax.plot([], [], color=colours[c], label=label.replace("\n", " "))
     for i, name in enumerate(policy.ops):
         if OPS[name].magnitude_free:
@@ -203,7 +204,8 @@ def _magnitude_panel(ax, policy: Policy, columns) -> None:
                  fontsize=10)
 
 
-def _draw_magnitude(ax, m: Magnitude, y: float, width: float, scale: float, colour) -> None:
+def _draw_magnitude(ax, m: Magnitude, y: float, width: float, scale: float, colour,
+                    label_levels: bool) -> None:
     if m.dist == "uniform":
         ax.barh(y, scale, height=width * 0.9, color=colour, alpha=0.25)
     elif m.dist == "categorical":  # bars grow upwards from the band's bottom edge
@@ -211,7 +213,8 @@ def _draw_magnitude(ax, m: Magnitude, y: float, width: float, scale: float, colo
         for level, p in zip(m.levels, m.probs):
             ax.bar(level, -p / top * width * 0.9, bottom=y + width * 0.45, width=scale / 80,
                    color=colour)
-            ax.text(level, y + width * 0.45, f"{p:.2f}", fontsize=6, ha="center", va="top")
+            if label_levels:
+                ax.text(level, y + width * 0.45, f"{p:.2f}", fontsize=6, ha="center", va="top")
     else:
         ax.errorbar(m.mean, y, xerr=m.std, fmt="o", capsize=3, color=colour, markersize=4)
     if not m.random_sign:
@@ -238,7 +241,7 @@ def _schedule_figure(policy: Policy, name: str):
                     color=colours(i % 20))
         ax.set_ylabel(f"layer {j + 1}\noperator probability")
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(ncol=6, fontsize=7, loc="upper left", bbox_to_anchor=(0, 1.35))
+    axes[0, 0].legend(ncol=9, fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.02))
     if has_gate:
         gates = [1.0 if e.policy.gate is None else e.policy.gate for e in entries]
         axes[-1, 0].step(starts + [last], gates + gates[-1:], where="post", color="black")

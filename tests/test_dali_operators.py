@@ -29,10 +29,21 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from nvidia.dali import fn, pipeline_def, types
 
 from dra_dali.dali.operators import apply_op, dali_affine, dali_kernel, dali_kernels, parameter_node
-from dra_dali.ops import OP_NAMES, OPS, OpSpec, Parity, declare, kernels, parameter, withdraw
+from dra_dali.ops import (
+    OP_NAMES,
+    OPS,
+    OpSpec,
+    Parity,
+    declare,
+    kernels,
+    parameter,
+    register,
+    withdraw,
+)
 from tests.pil_reference import apply_reference, pil_kernel
 
 MAGNITUDES = (0.0, 0.123, 0.37, 0.5, 1.0, 1.9, 3.0)
@@ -153,8 +164,10 @@ def _assert_close_table(where: str, image, out, ref, mae: float, largest: float)
 
 
 def test_every_catalog_operator_has_all_kernels():
+    import dra_dali.search.ops  # noqa: F401  (registers the torch kernels)
+
     assert NAMES == OP_NAMES
-    assert set(kernels("pil")) == set(OP_NAMES)
+    assert set(kernels("pil")) == set(kernels("torch")) == set(OP_NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -338,6 +351,10 @@ def toy_operator():
         from tests.pil_reference import _affine
         return _affine(img, (1, 0, v, 0, 1, v), ctx)
 
+    @register("torch", "ToyDarken")
+    def darken_torch(x, v, **_):
+        return x - torch.minimum(x, torch.floor(v).view(-1, 1, 1, 1) / 255.0)
+
     yield ("ToyDarken", "ToyShift")
     withdraw("ToyDarken")
     withdraw("ToyShift")
@@ -352,11 +369,15 @@ def dmath_min(images, v):
 def test_a_toy_operator_touches_only_its_declaration(toy_operator, photos):
     from dra_dali import Policy
     from dra_dali.policy import Layer
+    from dra_dali.search.ops import apply_op as torch_op
 
     rng = np.random.default_rng(5)
     for name in toy_operator:
         assert name in dali_kernels() and name in kernels("pil")
         assert_parity(name, sweep_operator(name, photos, rng))
+    x = torch.full((1, 3, 4, 4), 0.5)
+    y = torch_op("ToyDarken", x, torch.tensor([0.5]))           # 50 levels darker
+    assert torch.allclose(y, torch.full_like(x, 0.5 - 50 / 255))
     ops = (*toy_operator, "Rotate", "Identity")
     policy = Policy(ops, (Layer((0.0,) * 4, (0.5,) * 4, (0.3,) * 4),), resolution=96,
                     apply_prob=(1.0, 1.0))

@@ -377,3 +377,32 @@ def test_schedule_switches_at_the_boundaries():
 
     with pytest.raises(PolicyError, match="one DALI graph holds one policy"):
         policy_draws(policy)
+
+
+def test_ddas_shaped_policy_operator_by_level_and_gate():
+    """The shape DDAS exports: every catalog operator with categorical levels, Rotate without
+    random sign, always-applied layers behind a gate; chi-square over the 17 x 3 cells."""
+    from dra_dali.ops import OP_NAMES
+
+    rng = np.random.default_rng(12)
+    p_o = rng.dirichlet(np.full(len(OP_NAMES) * 3, 2.0)).reshape(len(OP_NAMES), 3)
+    totals = p_o.sum(axis=1)
+    magnitude = [{"dist": "categorical", "levels": [0.3, 0.6, 0.9],
+                  "probs": list(p_o[i] / totals[i]),
+                  **({"random_sign": False} if name == "Rotate" else {})}
+                 for i, name in enumerate(OP_NAMES)]
+    layer = {"logits": list(np.log(totals)), "magnitude": magnitude}
+    policy = Policy.from_dict({"format": "dra-policy/2", "ops": list(OP_NAMES), "resolution": 32,
+                               "apply_prob": [1.0, 1.0], "gate": 0.6, "layers": [layer, layer]})
+    trace = _trace(policy, 33)
+    assert stats.binomtest(int(trace.gate.sum()), N2, 0.6).pvalue > ALPHA
+    assert np.array_equal(trace.applied, np.repeat(trace.gate[:, None], 2, axis=1))
+    assert np.all(trace.sign[trace.op == OP_NAMES.index("Rotate")] == 1)
+    for j in range(2):
+        cells = _cells(policy, policy.layers[j], N2)
+        counts = _counts(trace, j, cells)
+        fit = stats.chisquare(counts, list(cells.values()))
+        assert fit.pvalue > ALPHA, f"layer {j}: p = {fit.pvalue:.2e}"
+        uniform_levels = {c: N2 * policy.layers[j].probabilities[c[0]] / (3 if c[1] >= 0 else 1)
+                          for c in cells}
+        assert stats.chisquare(counts, list(uniform_levels.values())).pvalue < 1e-6   # power

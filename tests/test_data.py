@@ -27,7 +27,8 @@ def test_embedded_dataset_is_deterministic(tmp_path, embedded):
     sample = sorted((embedded.root / "val").rglob("*.jpg"))[::37]
     for path in sample:
         twin = rebuilt.root / path.relative_to(embedded.root)
-        assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(twin.read_bytes()).digest()
+        digest = hashlib.sha256(path.read_bytes()).digest()
+        assert digest == hashlib.sha256(twin.read_bytes()).digest()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".embedded-")]
 
 

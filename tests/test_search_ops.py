@@ -14,25 +14,15 @@ from tests.pil_reference import apply_reference
 MAGNITUDES = (0.0, 0.1, 0.33, 0.5, 0.77, 1.0, 2.0, 3.0)
 RESOLUTION = 96  # the photos' side; translations use 10/32 of it
 
-# Per-operator tolerance, in grey levels of the uint8 result:
-#   (max mean absolute error, max fraction of pixels off by more than 2 levels).
+# Per-operator tolerance (the catalog row's ``parity.torch_pil``), in grey levels of the uint8
+# result: (max mean absolute error, max fraction of pixels off by more than 2 levels).
 # Geometric operators: the only large differences are at the image border, where PIL blends the
-# edge pixels with the image's own border (clamped reads) while kornia blends with the fill 128
+# edge pixels with the image's own border (clamped reads) while kornia blends with the fill
 # (documented exception); inside, bilinear interpolation agrees to rounding.
 # Colour blends: PIL truncates its results and rounds its intermediate (grey / smoothed) images to
 # uint8, torch does not: off by at most 2 levels, about half a level on average.
 # The remaining operators work on grey levels and match exactly.
-TOLERANCE = {  # measured worst cases (mean error, fraction > 2) in brackets
-    "ShearX": (0.8, 0.015), "ShearY": (0.8, 0.015),           # (0.59, 0.009)
-    "TranslateX": (0.6, 0.012), "TranslateY": (0.6, 0.012),   # (0.46, 0.008)
-    "Rotate": (1.0, 0.025),                                   # (0.76, 0.017)
-    "Brightness": (0.6, 0.0), "Color": (0.7, 0.0),            # (0.49, 0), (0.52, 0)
-    "Sharpness": (0.8, 0.0), "Contrast": (0.7, 0.0),          # (0.63, 0), (0.59, 0)
-    "AutoContrast": (0.6, 0.0),                               # (0.49, 0): PIL truncates
-    "Cutout": (0.0, 0.0), "Solarize": (0.0, 0.0), "Posterize": (0.0, 0.0),
-    "Equalize": (0.0, 0.0), "Invert": (0.0, 0.0), "SolarizeAdd": (0.0, 0.0),
-    "Identity": (0.0, 0.0),
-}
+TOLERANCE = {name: OPS[name].parity.torch_pil for name in OP_NAMES}
 
 
 def test_torch_operator_set_equals_catalog():

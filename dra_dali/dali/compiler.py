@@ -96,31 +96,31 @@ def _fixed_magnitudes(policy: Policy, j: int, names: Sequence[str]) -> np.ndarra
     return np.clip([layer.mean[i] for i in index], 0.0, policy.scale)
 
 
+def _floors(kernel: DaliKernel) -> bool:
+    """The kernel uses the integer part of its parameter (catalog rounding, or PIL's int())."""
+    return kernel.integer or OPS[kernel.name].rounding == "floor"
+
+
 def _parameters(kernels: list[DaliKernel], branch, magnitude, sign, resolution: int,
                 fixed: np.ndarray | None = None):
     """The parameter ``v`` of each sample's operator, computed once for all branches: the
-    catalog's ``clamp(identity + sign * slope * m, lower, upper)`` (floored where the row or the
-    kernel says so) with per-sample rows of float64 tables, as ``ops.parameter_array`` does.
-    With ``fixed`` magnitudes the parameters are precomputed by the catalog (one table lookup
-    over operator and sign)."""
+    catalog's ``clamp(identity + sign * slope * m, lower, upper)`` with per-sample rows of
+    float64 tables, as ``ops.parameter_array`` does (the floor, where a kernel needs it, is taken
+    inside its branch). With ``fixed`` magnitudes the parameters, floors included, are
+    precomputed by the catalog (one table lookup over operator and sign)."""
     specs = [OPS[k.name] for k in kernels]
-    floor = [float(s.rounding == "floor" or k.integer) for s, k in zip(specs, kernels)]
     if fixed is not None:
-        table = [[parameter(s.name, m, sign, resolution) for sign in (-1, 1)]
-                 for s, m in zip(specs, fixed)]
-        table = np.where(np.array(floor)[:, None] > 0, np.floor(table), table)
-        return _table(np.asarray(table, np.float32).ravel(), branch * 2 + (sign > 0), np.float32,
+        table = np.array([[parameter(s.name, m, sign, resolution) for sign in (-1, 1)]
+                          for s, m in zip(specs, fixed)])
+        table = np.where(np.array([_floors(k) for k in kernels])[:, None], np.floor(table), table)
+        return _table(table.astype(np.float32).ravel(), branch * 2 + (sign > 0), np.float32,
                       node=True)
     bounds = np.clip([s.bounds_at(resolution) for s in specs], -_HUGE, _HUGE)
+    # int32 sign x float64 slope x float32 magnitude: float64 products (no casts needed)
     value = (_table([s.identity for s in specs], branch)
-             + fn.cast(sign, dtype=types.FLOAT64)
-             * _table([s.slope_at(resolution) for s in specs], branch)
-             * fn.cast(magnitude, dtype=types.FLOAT64))
+             + sign * _table([s.slope_at(resolution) for s in specs], branch, node=True)
+             * magnitude)
     value = dmath.clamp(value, _table(bounds[:, 0], branch), _table(bounds[:, 1], branch))
-    if all(floor):
-        value = dmath.floor(value)
-    elif any(floor):
-        value = value - _table(floor, branch) * (value - dmath.floor(value))
     return fn.cast(value, dtype=types.FLOAT)
 
 
@@ -181,22 +181,35 @@ def _leaves(kernels: list[DaliKernel]) -> tuple[list[_Leaf], list[int]]:
     return leaves, leaf_of
 
 
-def _run_leaf(leaf: _Leaf, images, v, matrix, fill: int, interpolation: str):
+@dataclass(frozen=True)
+class _Branches:
+    """A layer's dispatch: its branches and what every branch receives besides the images."""
+
+    leaves: list[_Leaf]
+    v: DataNode
+    matrix: DataNode | None
+    floored: bool                   # v is floored where kernels need it (precomputed table)
+    fill: int
+    interpolation: str
+
+
+def _run_leaf(leaf: _Leaf, images, b: _Branches):
     if leaf.kernel is None:
-        return warp(images, matrix, fill, interpolation)
-    return leaf.kernel.apply(images, v, fill=fill, interpolation=interpolation)
+        return warp(images, b.matrix, b.fill, b.interpolation)
+    v = dmath.floor(b.v) if _floors(leaf.kernel) and not b.floored else b.v
+    return leaf.kernel.apply(images, v, fill=b.fill, interpolation=b.interpolation)
 
 
-def _dispatch(leaves, lo: int, hi: int, leaf, images, v, matrix, fill, interpolation):
-    """Run ``leaves[leaf]`` per sample: a binary split over the branch index (as
+def _dispatch(b: _Branches, lo: int, hi: int, leaf, images):
+    """Run ``b.leaves[leaf]`` per sample: a binary split over the branch index (as
     ``nvidia.dali.auto_aug.core.select``), so each branch sees only its own samples."""
     if lo == hi:
-        return _run_leaf(leaves[lo], images, v, matrix, fill, interpolation)
+        return _run_leaf(b.leaves[lo], images, b)
     mid = (lo + hi) // 2
     if leaf <= mid:
-        out = _dispatch(leaves, lo, mid, leaf, images, v, matrix, fill, interpolation)
+        out = _dispatch(b, lo, mid, leaf, images)
     else:
-        out = _dispatch(leaves, mid + 1, hi, leaf, images, v, matrix, fill, interpolation)
+        out = _dispatch(b, mid + 1, hi, leaf, images)
     return out
 
 
@@ -210,19 +223,19 @@ def _apply_layer(images, policy: Policy, j: int, layer: LayerDraws, interpolatio
     if not leaves or layer.coin == "never":
         return images
     branch = layer.branch
-    v = _parameters(kernels, branch, layer.magnitude, layer.sign, policy.resolution,
-                    _fixed_magnitudes(policy, j, layer.names))
+    fixed = _fixed_magnitudes(policy, j, layer.names)
+    v = _parameters(kernels, branch, layer.magnitude, layer.sign, policy.resolution, fixed)
     matrix = (_affine_matrix(kernels, branch, v, images)
               if any(leaf.kernel is None for leaf in leaves) else None)
+    b = _Branches(leaves, v, matrix, fixed is not None, policy.fill, interpolation)
     leaf = _table(leaf_of, branch, np.int32) if len(leaves) > 1 or -1 in leaf_of else 0
     go = layer.applied if layer.coin == "random" else None
     if -1 in leaf_of:
         go = leaf >= 0 if go is None else go * (leaf >= 0)
-    last, fill = len(leaves) - 1, policy.fill
     if go is None:
-        images = _dispatch(leaves, 0, last, leaf, images, v, matrix, fill, interpolation)
+        images = _dispatch(b, 0, len(leaves) - 1, leaf, images)
     elif go:
-        images = _dispatch(leaves, 0, last, leaf, images, v, matrix, fill, interpolation)
+        images = _dispatch(b, 0, len(leaves) - 1, leaf, images)
     return images
 
 

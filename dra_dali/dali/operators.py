@@ -59,7 +59,7 @@ class DaliKernel:
         name: the catalog row.
         apply: ``(images, v, *, fill, interpolation, **extra) -> images``.
         matrix: affine operators only: ``(v, size) -> 2 x 3`` PIL AFFINE coefficients, where
-            ``size`` is the image's ``(width, height)`` (numbers, or a float DataNode).
+            ``size`` is the image's ``(width, height)`` (numbers, or an integer DataNode).
         integer: the kernel takes the integer part of ``v`` (PIL's int() of a threshold).
         passthrough: the kernel returns the images unchanged (Identity: no branch at all).
         shares: in a compiled policy, run this other operator's kernel with this operator's
@@ -261,8 +261,9 @@ def warp(images: DataNode, matrix, fill: int = FILL_VALUE,
 
 
 def image_size(images: DataNode) -> DataNode:
-    """Per-sample ``(width, height)`` of HWC images as a float CPU DataNode."""
-    return fn.cast(images.shape(device="cpu")[1::-1], dtype=types.FLOAT)
+    """Per-sample ``(width, height)`` of HWC images as an integer CPU DataNode (arithmetic with
+    a float gives float32)."""
+    return images.shape(device="cpu")[1::-1]
 
 
 def matrix_node(matrix: Callable, v: Scalar, size):

@@ -4,6 +4,7 @@ checks, and the embedded demo dataset."""
 from dra_dali.data.accept import (
     EXCLUDED_FILE,
     Accepted,
+    FileGuard,
     accept_images,
     check_headers,
     decode_rgb,
@@ -19,7 +20,8 @@ from dra_dali.data.embedded import (
 )
 from dra_dali.data.scan import IMAGE_EXTENSIONS, MAX_CLASSES, DataError, ImageList, scan_images
 
-__all__ = ["Accepted", "DataReport", "Problem", "accept_images", "check_data", "check_headers",
+__all__ = ["Accepted", "FileGuard", "DataReport", "Problem", "accept_images", "check_data",
+           "check_headers",
            "decode_rgb", "name_culprits", "recheck_changed", "DataError", "EMBEDDED_CLASSES",
            "EXCLUDED_FILE", "EmbeddedDataset", "IMAGE_EXTENSIONS", "ImageList", "MAX_CLASSES",
            "default_cache_dir", "embedded_dataset", "scan_images"]

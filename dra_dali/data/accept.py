@@ -33,7 +33,8 @@ import numpy as np
 from dra_dali.data.checks import BLOCKING, Problem, check_files
 from dra_dali.data.scan import DataError, ImageList, scan_images
 
-__all__ = ["Accepted", "AUTO_DECODE_LIMIT", "EXCLUDED_FILE", "accept_images", "check_headers",
+__all__ = ["Accepted", "AUTO_DECODE_LIMIT", "EXCLUDED_FILE", "FileGuard", "accept_images",
+           "check_headers",
            "recheck_changed", "name_culprits", "decode_rgb", "file_stamps"]
 
 #: Where a run lists the files ``skip_bad_files`` excluded (one per line: path, kind, reason).
@@ -184,6 +185,49 @@ def name_culprits(paths: Sequence[Path | str], workers: int | None = None) -> li
     """
     found = check_files([Path(p) for p in paths], decode=True, workers=workers)
     return [p for p in found if p.kind in BLOCKING]
+
+
+class FileGuard:
+    """The files of a running training: named before DALI can crash on them, or after it failed.
+
+    Args:
+        images: the accepted training images (their sizes and modification times are taken now).
+
+    Example (the training loop's one place that fetches batches):
+        >>> guard = FileGuard(train_images)                    # doctest: +SKIP
+        >>> guard.check_epoch_start()        # raises DataError naming a replaced, broken file
+        >>> try:
+        ...     batch = next(iterator)
+        ... except RuntimeError as exc:                        # DALI's decoder failed
+        ...     raise guard.failure(exc, "continue with --resume") from None
+    """
+
+    def __init__(self, images: ImageList) -> None:
+        self.accepted = Accepted(images, (), file_stamps(images.paths))
+
+    def check_epoch_start(self) -> None:
+        """A ``stat`` pass; files whose size or modification time changed are checked in full.
+
+        Raises:
+            DataError: a changed file is unusable now (named, with why).
+        """
+        bad = recheck_changed(self.accepted)
+        if bad:
+            raise DataError(f"{self.accepted.images.source}: {len(bad)} file(s) replaced since "
+                            f"the run started and now unusable:{_listing(bad)}")
+
+    def failure(self, exc: BaseException, next_step: str) -> DataError:
+        """The error to raise after a decoder failure: the culprits named (changed files, or
+        every file of sets up to :data:`AUTO_DECODE_LIMIT`, re-checked strictly), the decoder's
+        message, and ``next_step`` (how to resume)."""
+        bad = recheck_changed(self.accepted)
+        images = self.accepted.images
+        if not bad and len(images) <= AUTO_DECODE_LIMIT:
+            bad = name_culprits(images.paths)
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
+        named = (f"the unusable file(s):{_listing(bad)}" if bad else
+                 f"no file was found unusable (run `dra-dali check-data {images.source}`)")
+        return DataError(f"{images.source}: the decoder failed ({reason}); {named}\n{next_step}")
 
 
 def decode_rgb(paths: Sequence[Path], threads: int = 2, batch_size: int = 32) -> list[np.ndarray]:

@@ -26,17 +26,22 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import kornia
 import torch
 
-from dra_dali.ops import FILL_VALUE, OP_NAMES, OPS, OpSpec
+from dra_dali.ops import FILL_VALUE, OP_NAMES, OPS, OpSpec, kernels, register
 
 __all__ = ["TORCH_OPS", "PARAMETER_GRADIENT_OPS", "apply_op", "op_parameter", "cutout_centers"]
 
 # PIL's luma weights (ITU-R 601-2) as in Image.convert("L").
 _LUMA = (0.299, 0.587, 0.114)
+
+
+def torch_kernel(name: str):
+    """Decorator: register ``kernel(x, v, *, fill, centers, generator, **_)`` (float images in
+    [0, 1], ``(B,)`` parameters) as the torch implementation of catalog row ``name``."""
+    return register("torch", name)
 
 
 def op_parameter(spec: OpSpec | str, magnitude: torch.Tensor, sign: torch.Tensor | None = None,
@@ -113,6 +118,7 @@ def _affine_entry(row: int, col: int):
     return op
 
 
+@torch_kernel("Rotate")
 def _rotate(x, v, fill=FILL_VALUE, **_):
     # PIL Image.rotate: counter-clockwise by v degrees about (W/2, H/2), output -> input map.
     h, w = x.shape[-2:]
@@ -138,14 +144,17 @@ def _grey(x: torch.Tensor) -> torch.Tensor:
                                                                       device=x.device))
 
 
+@torch_kernel("Brightness")
 def _brightness(x, v, **_):
     return _blend(torch.zeros_like(x), x, v)
 
 
+@torch_kernel("Color")
 def _color(x, v, **_):
     return _blend(_grey(x).expand_as(x), x, v)
 
 
+@torch_kernel("Contrast")
 def _contrast(x, v, **_):
     mean = _grey(x).mean(dim=(1, 2, 3), keepdim=True)
     return _blend(mean.expand_as(x), x, v)
@@ -154,6 +163,7 @@ def _contrast(x, v, **_):
 _SMOOTH = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
 
 
+@torch_kernel("Sharpness")
 def _sharpness(x, v, **_):
     kernel = _SMOOTH.to(dtype=x.dtype, device=x.device)[None]
     smooth = kornia.filters.filter2d(x, kernel, border_type="replicate")
@@ -163,6 +173,7 @@ def _sharpness(x, v, **_):
     return _blend(degenerate, x, v)
 
 
+@torch_kernel("Cutout")
 def _cutout(x, v, centers=None, generator=None, **_):
     b, _, h, w = x.shape
     if centers is None:
@@ -182,17 +193,20 @@ def _levels(x: torch.Tensor) -> torch.Tensor:
     return torch.round(torch.clamp(x, 0.0, 1.0) * 255.0)
 
 
+@torch_kernel("Solarize")
 def _solarize(x, v, **_):
     # The threshold and the SolarizeAdd addition are whole grey levels (PIL takes int()).
     threshold = torch.floor(v).view(-1, 1, 1, 1)
     return torch.where(_levels(x) >= threshold, 1.0 - x, x)
 
 
+@torch_kernel("Posterize")
 def _posterize(x, v, **_):
     step = torch.pow(2.0, v).view(-1, 1, 1, 1)
     return torch.floor(_levels(x) / step) * step / 255.0
 
 
+@torch_kernel("Equalize")
 def _equalize(x, v=None, **_):
     # PIL ImageOps.equalize per channel, on the image's grey levels.
     b, c, h, w = x.shape
@@ -212,6 +226,7 @@ def _equalize(x, v=None, **_):
     return out.view(b, c, h, w)
 
 
+@torch_kernel("AutoContrast")
 def _autocontrast(x, v=None, **_):
     lo = x.amin(dim=(2, 3), keepdim=True)
     hi = x.amax(dim=(2, 3), keepdim=True)
@@ -222,14 +237,17 @@ def _autocontrast(x, v=None, **_):
     return torch.where(flat, x, torch.clamp(out, 0.0, 1.0))
 
 
+@torch_kernel("Invert")
 def _invert(x, v=None, **_):
     return 1.0 - x
 
 
+@torch_kernel("Identity")
 def _identity(x, v=None, **_):
     return x
 
 
+@torch_kernel("SolarizeAdd")
 def _solarize_add(x, v, **_):
     # Deviation: the DRA authors add the float ``v``; the forward here floors it like PIL and
     # DALI (at most 1/255 per pixel), and the floor is straight-through (``v`` keeps gradient 1),
@@ -239,14 +257,9 @@ def _solarize_add(x, v, **_):
     return torch.where(_levels(x) < 128, added, x)
 
 
-_IMPL: dict[str, Callable[..., torch.Tensor]] = {
-    "ShearX": _affine_entry(0, 1), "ShearY": _affine_entry(1, 0),
-    "TranslateX": _affine_entry(0, 2), "TranslateY": _affine_entry(1, 2), "Rotate": _rotate,
-    "Brightness": _brightness, "Color": _color,
-    "Sharpness": _sharpness, "Contrast": _contrast, "Cutout": _cutout, "Solarize": _solarize,
-    "Posterize": _posterize, "Equalize": _equalize, "AutoContrast": _autocontrast,
-    "Invert": _invert, "SolarizeAdd": _solarize_add, "Identity": _identity,
-}
+for _name, _entry in (("ShearX", (0, 1)), ("ShearY", (1, 0)), ("TranslateX", (0, 2)),
+                      ("TranslateY", (1, 2))):
+    register("torch", _name, _affine_entry(*_entry))
 #: Operators whose parameter carries the magnitude's gradient (``d OP / d m``), as in the DRA
 #: authors' code: the blend factor of Brightness, Color, Sharpness, Contrast and the SolarizeAdd
 #: addition are float tensors there. The others get none: TF has no gradient through the
@@ -255,7 +268,7 @@ _IMPL: dict[str, Callable[..., torch.Tensor]] = {
 PARAMETER_GRADIENT_OPS = frozenset({"Brightness", "Color", "Sharpness", "Contrast",
                                     "SolarizeAdd"})
 #: Names of the operators implemented in torch (a test asserts this equals ``OP_NAMES``).
-TORCH_OPS: tuple[str, ...] = tuple(_IMPL)
+TORCH_OPS: tuple[str, ...] = tuple(kernels("torch"))
 
 
 def apply_op(name: str, x: torch.Tensor, magnitude: torch.Tensor, sign: torch.Tensor | None = None,
@@ -285,7 +298,8 @@ def apply_op(name: str, x: torch.Tensor, magnitude: torch.Tensor, sign: torch.Te
         KeyError: for an operator that the catalog or this module does not have.
         ValueError: for a batch that is not ``(B, 3, H, W)`` or magnitudes of the wrong length.
     """
-    if name not in _IMPL or name not in OPS:
+    table = kernels("torch")
+    if name not in table:
         raise KeyError(f"unknown operator {name!r}; the catalog has: {', '.join(OP_NAMES)}")
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"{name}: expected images of shape (B, 3, H, W), got {tuple(x.shape)}")
@@ -300,6 +314,6 @@ def apply_op(name: str, x: torch.Tensor, magnitude: torch.Tensor, sign: torch.Te
         straight_through = not spec.input_gradient
     if straight_through:
         base = x.detach()
-        out = _IMPL[name](base, v, fill=fill, centers=centers, generator=generator)
+        out = table[name](base, v, fill=fill, centers=centers, generator=generator)
         return x + (out - base).detach()
-    return _IMPL[name](x, v, fill=fill, centers=centers, generator=generator)
+    return table[name](x, v, fill=fill, centers=centers, generator=generator)

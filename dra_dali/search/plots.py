@@ -61,7 +61,7 @@ def plot_trajectories(history: Sequence[dict[str, Any]], ops: Sequence[str],
 def plot_ddas(history: Sequence[dict[str, Any]], labels: Sequence[str],
               path: str | Path, top: int = 12) -> Path:
     """Save DDAS's parameters over the epochs: ``p_o`` of the ``top`` candidates with the highest
-    final probability (the rest summed as "others") and the gate ``p_tp``.
+    final probability (and the mean of the others) and the gate ``p_tp``.
 
     Args:
         history: per-epoch records with ``epoch``, ``p_o`` and ``p_tp`` (``metrics.jsonl``).
@@ -91,15 +91,18 @@ def plot_ddas(history: Sequence[dict[str, Any]], labels: Sequence[str],
     for rank, i in enumerate(order):
         ax_o.plot(epochs, p_o[:, i], "-" if rank < 10 else "--", color=cmap(rank % 20),
                   label=labels[i])
-    rest = np.delete(p_o, order, axis=1).sum(axis=1) if p_o.shape[1] > len(order) else None
-    if rest is not None:
-        ax_o.plot(epochs, rest, ":", color="black", label=f"others ({p_o.shape[1] - len(order)})")
+    if p_o.shape[1] > len(order):
+        rest = np.delete(p_o, order, axis=1).mean(axis=1)
+        ax_o.plot(epochs, rest, ":", color="black",
+                  label=f"mean of the other {p_o.shape[1] - len(order)}")
     ax_o.axhline(1.0 / p_o.shape[1], color="grey", lw=0.8, ls=":")
     ax_o.set_xlabel("epoch")
     ax_o.set_ylabel("operation probability p_o")
     ax_o.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     ax_tp.plot(epochs, [h["p_tp"] for h in history], "o-", color="tab:red")
     ax_tp.set_ylim(0, 1)
+    for ax in (ax_o, ax_tp):
+        ax.xaxis.get_major_locator().set_params(integer=True)
     ax_tp.set_xlabel("epoch")
     ax_tp.set_ylabel("total probability p_tp")
     fig.suptitle(f"DDAS search: top {len(order)} of {p_o.shape[1]} candidates "
