@@ -205,15 +205,19 @@ def train_command(data: str, val_data: str, policy: str, out: Path, model: str, 
               help="Where the demo writes its runs, policy, preview and plots.")
 @click.option("--epochs", default=None, type=click.IntRange(min=1),
               help="Training epochs per run  [default: the demo's budget]")
-@click.option("--seed", default=0, type=int)
+@click.option("--seed", default=0, type=int, help="First seed  [default: 0]")
+@click.option("--seeds", default=1, type=click.IntRange(min=1), show_default=True,
+              help="Repeat the search and the trainings for this many seeds (--seed, --seed+1, "
+              "...); the table shows the mean and spread.")
 @click.option("--force", is_flag=True, help="Overwrite an earlier demo in --out.")
-def demo(out: Path, epochs: int | None, seed: int, force: bool) -> None:
+def demo(out: Path, epochs: int | None, seed: int, seeds: int, force: bool) -> None:
     """Search -> compile -> train on the embedded dataset: no augmentation vs RandAugment
-    (ra-n2-m9) vs the searched policy under the same budget; prints a table."""
+    (ra-n2-m9) vs RA* (rastar-n2-m10) vs the searched policy under the same budget; prints a
+    table."""
     from dra_dali.demo import DemoError, run_demo
 
     try:
-        result = run_demo(out, epochs=epochs, seed=seed, force=force,
+        result = run_demo(out, epochs=epochs, seed=seed, seeds=seeds, force=force,
                           log=lambda line: click.echo(line, err=True))
     except DemoError as exc:
         raise click.ClickException(str(exc)) from None

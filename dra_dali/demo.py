@@ -1,11 +1,13 @@
-"""The end-to-end demo: search -> compile -> train on the embedded dataset, three policies compared.
+"""The end-to-end demo: search -> compile -> train on the embedded dataset, four policies compared.
 
 ``dra-dali demo`` runs :func:`run_demo`: a short DRA search (``search/demo.yaml``) on the
 embedded 10-class dataset, compiles the searched policy into a DALI pipeline (with a preview
 image rendered by that pipeline), then trains the same small model (``resnet-tiny``, 32 px,
-``pipelines/demo.yaml``) three times under the same budget and seed: without augmentation
-(crop and flip only), with RandAugment (``ra-n2-m9``) and with the searched policy. It prints a
-table of validation accuracy and training throughput and saves plots.
+``pipelines/demo.yaml``) four times under the same budget and seed: without augmentation
+(crop and flip only), with RandAugment (``ra-n2-m9``), with the DRA paper's RA* baseline
+(``rastar-n2-m10``) and with the searched policy. With ``seeds > 1`` the search and the four
+trainings repeat for each seed and the table shows the mean and spread over the seeds. It
+prints a table of validation accuracy and training throughput and saves plots.
 
 Example:
     >>> from dra_dali.demo import run_demo
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +38,7 @@ _PIPELINE = "demo"
 _BATCH = 64
 _RUNS = (("no-aug", "none", "none (crop + flip only)"),
          ("randaugment", "ra-n2-m9", "RandAugment ra-n2-m9"),
+         ("rastar", "rastar-n2-m10", "RA* rastar-n2-m10 (the DRA paper's baseline)"),
          ("dra", None, "DRA, searched here"))
 
 
@@ -48,13 +52,14 @@ class DemoRun:
     """One training run of the demo.
 
     Attributes:
-        name: ``no-aug``, ``randaugment`` or ``dra``.
+        name: ``no-aug``, ``randaugment``, ``rastar`` or ``dra``.
         policy: a description of the policy.
         out: its run directory.
         val_top1, val_top5: final validation accuracy (fractions).
         images_per_s: mean training throughput over the epochs.
         train_seconds: wall time of the run.
         curve: validation top-1 per epoch.
+        seed: the seed of the run (and of the search whose policy it trained with).
     """
 
     name: str
@@ -65,6 +70,7 @@ class DemoRun:
     images_per_s: float
     train_seconds: float
     curve: list[float] = field(default_factory=list)
+    seed: int = 0
 
 
 @dataclass
@@ -73,12 +79,12 @@ class DemoResult:
 
     Attributes:
         out: the demo folder.
-        runs: the three training runs.
-        search_seconds: wall time of the search.
+        runs: the training runs, four per seed (seed by seed, in :data:`_RUNS` order).
+        search_seconds: wall time of the searches (all seeds).
         wall_seconds: wall time of the whole demo.
         files: what was written where (label -> path).
         epochs: training epochs per run.
-        seed: the seed.
+        seeds: the seeds, one search and four trainings each.
     """
 
     out: Path
@@ -87,23 +93,34 @@ class DemoResult:
     wall_seconds: float
     files: dict[str, Path]
     epochs: int
-    seed: int
+    seeds: list[int]
+
+    def by_name(self, name: str) -> list[DemoRun]:
+        """The runs of one policy, one per seed."""
+        return [r for r in self.runs if r.name == name]
 
     def table(self) -> str:
-        """The comparison table (Markdown)."""
-        lines = ["| run | policy | val top-1 | val top-5 | train images/s | train time |",
-                 "|---|---|---:|---:|---:|---:|"]
-        for r in self.runs:
-            lines.append(f"| {r.name} | {r.policy} | {100 * r.val_top1:.1f} % | "
-                         f"{100 * r.val_top5:.1f} % | {r.images_per_s:.0f} | "
-                         f"{r.train_seconds:.0f} s |")
+        """The comparison table (Markdown): mean over the seeds, their spread and values."""
+        lines = ["| run | policy | val top-1, mean ± sd | per seed | val top-5 | train images/s "
+                 "| train time |", "|---|---|---:|---:|---:|---:|---:|"]
+        for name, _, description in _RUNS:
+            runs = self.by_name(name)
+            top1 = [100 * r.val_top1 for r in runs]
+            spread = f" ± {statistics.stdev(top1):.1f}" if len(top1) > 1 else ""
+            lines.append(f"| {name} | {description} | {statistics.mean(top1):.1f}{spread} % | "
+                         f"{' / '.join(f'{v:.1f}' for v in top1)} | "
+                         f"{100 * statistics.mean(r.val_top5 for r in runs):.1f} % | "
+                         f"{statistics.mean(r.images_per_s for r in runs):.0f} | "
+                         f"{statistics.mean(r.train_seconds for r in runs):.0f} s |")
         return "\n".join(lines)
 
     def report(self) -> str:
         """The table, the budget, and where everything was written."""
         where = "\n".join(f"  {label:<22} {path}" for label, path in self.files.items())
+        seeds = ", ".join(str(s) for s in self.seeds)
         return (f"{self.table()}\n\n"
-                f"{_MODEL}, {self.epochs} epochs per run, 32 px, seed {self.seed}; search "
+                f"{_MODEL}, {self.epochs} epochs per run, 32 px, seed{'s' * (len(self.seeds) > 1)}"
+                f" {seeds} (sd: sample standard deviation over the seeds); searches "
                 f"{self.search_seconds:.0f} s; whole demo {self.wall_seconds:.0f} s.\n"
                 "Accuracies repeat exactly with the same seed on the same machine; images/s is "
                 "a wall-clock measurement and varies with the machine's load.\n\n"
@@ -128,12 +145,14 @@ def _prepare(out: Path, force: bool) -> None:
                             "or choose another --out")
         for name in ("search", "compile", *(f"train-{r[0]}" for r in _RUNS)):
             shutil.rmtree(out / name, ignore_errors=True)
+        for folder in out.glob("seed-*"):
+            shutil.rmtree(folder, ignore_errors=True)
         for name in ("demo.json", "results.md", "accuracy.png", "policy.png"):
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _plot_curves(runs: list[DemoRun], path: Path) -> Path:
+def _plot_curves(result: DemoResult, path: Path) -> Path:
     import matplotlib
 
     from dra_dali.viz import save_figure
@@ -142,31 +161,42 @@ def _plot_curves(runs: list[DemoRun], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for run in runs:
-        ax.plot(range(1, len(run.curve) + 1), [100 * v for v in run.curve], marker="o",
-                label=f"{run.name} ({run.policy})")
+    for name, _, description in _RUNS:
+        curves = [[100 * v for v in r.curve] for r in result.by_name(name)]
+        epochs = range(1, len(curves[0]) + 1)
+        mean = [statistics.mean(values) for values in zip(*curves)]
+        line = ax.plot(epochs, mean, marker="o", label=f"{name} ({description})")[0]
+        if len(curves) > 1:  # the range over the seeds
+            ax.fill_between(epochs, [min(v) for v in zip(*curves)],
+                            [max(v) for v in zip(*curves)], color=line.get_color(), alpha=0.15)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation top-1 (%)")
-    ax.set_title(f"{_MODEL} on the embedded dataset, 32 px")
+    seeds = len(result.seeds)
+    ax.set_title(f"{_MODEL} on the embedded dataset, 32 px"
+                 + (f"\nmean and range over {seeds} seeds" if seeds > 1 else ""), fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return save_figure(fig, path, dpi=120)
 
 
 def run_demo(out: str | Path = "runs/demo", *, epochs: int | None = None, seed: int = 0,
-             force: bool = False, search_epochs: int | None = None,
+             seeds: int = 1, force: bool = False, search_epochs: int | None = None,
              search_settings: dict[str, Any] | None = None, max_steps: int | None = None,
-             dataset: Any = None, progress: bool = True, log: Callable[[str], None] | None = None) -> DemoResult:
-    """Search a policy on the embedded dataset, compile it, and compare three training runs.
+             dataset: Any = None, progress: bool = True,
+             log: Callable[[str], None] | None = None) -> DemoResult:
+    """Search a policy on the embedded dataset, compile it, and compare four training runs.
 
     Args:
         out: demo folder; gets ``search/`` (search run, ``policy.yaml``), ``compile/``
             (``pipeline.dali``, ``summary.txt``, ``preview.png``), ``train-no-aug/``,
-            ``train-randaugment/``, ``train-dra/`` (training runs), ``accuracy.png``,
-            ``policy.png``, ``results.md`` and ``demo.json``.
+            ``train-randaugment/``, ``train-rastar/``, ``train-dra/`` (training runs),
+            ``accuracy.png``, ``policy.png``, ``results.md`` and ``demo.json``; the searches
+            and trainings of further seeds go to ``seed-N/`` (``search/``, ``train-*/``).
         epochs: training epochs per run (default :data:`DEMO_EPOCHS`).
-        seed: seeds the search and the three trainings; the same seed gives the same accuracies.
+        seed: the first seed; it seeds the search and the four trainings, and the same seed
+            gives the same accuracies.
+        seeds: how many seeds (``seed``, ``seed + 1``, ...): one search and four trainings each.
         force: replace an earlier demo in ``out``.
         search_epochs: override the search recipe's epochs (default: the recipe's).
         search_settings: further search recipe keys to override (e.g. ``images_per_class``),
@@ -181,13 +211,13 @@ def run_demo(out: str | Path = "runs/demo", *, epochs: int | None = None, seed: 
         A :class:`DemoResult`; ``result.report()`` is what ``dra-dali demo`` prints.
 
     Raises:
-        DemoError: ``out`` holds a demo (without ``force``), the demo extra is missing, or a
-            phase failed; the message names it.
+        DemoError: ``out`` holds a demo (without ``force``), ``seeds`` < 1, the demo extra is
+            missing, or a phase failed; the message names it.
     """
     from dra_dali.data import embedded_dataset
-    from dra_dali.train import TrainError, train
-    from dra_dali.viz import plot_policy
 
+    if seeds < 1:
+        raise DemoError(f"seeds must be at least 1, got {seeds}")
     say = log if log is not None else (lambda line: None)
     out = Path(out)
     epochs = epochs or DEMO_EPOCHS
@@ -198,39 +228,83 @@ def run_demo(out: str | Path = "runs/demo", *, epochs: int | None = None, seed: 
     except RuntimeError as exc:
         raise DemoError(str(exc)) from None
     say(f"dataset: {ds.train.parent} ({len(ds.classes)} classes)")
+    budget = _Budget(ds, epochs, search_epochs, search_settings, max_steps, progress, say)
+    runs: list[DemoRun] = []
+    search_seconds = 0.0
+    compiled = None
+    for number, current in enumerate(range(seed, seed + seeds), start=1):
+        folder = out if number == 1 else out / f"seed-{current}"
+        say(f"seed {current} ({number} of {seeds})")
+        policy, seconds = _search(budget, folder, current)
+        search_seconds += seconds
+        if compiled is None:
+            compiled = _compile(budget, policy, folder, current)
+        runs += _train_all(budget, folder, current)
+    demo = DemoResult(out=out, runs=runs, search_seconds=search_seconds, wall_seconds=0.0,
+                      files={}, epochs=epochs, seeds=list(range(seed, seed + seeds)))
+    demo.files = _files(demo, compiled)
+    demo.wall_seconds = time.perf_counter() - started
+    _write_results(demo)
+    return demo
 
-    # 1. search
+
+@dataclass(frozen=True)
+class _Budget:
+    """The settings every seed's search and trainings share."""
+
+    ds: Any
+    epochs: int
+    search_epochs: int | None
+    search_settings: dict[str, Any] | None
+    max_steps: int | None
+    progress: bool
+    say: Callable[[str], None]
+
+
+def _search(budget: _Budget, folder: Path, seed: int) -> tuple[Any, float]:
     from dra_dali.search import ConfigError, RunDirError, SearchConfig, run_search
 
-    say(f"[1/3] searching a DRA policy (search recipe {SEARCH_RECIPE!r}) ...")
-    overrides: dict[str, Any] = {"data": str(ds.train), "seed": seed, "epochs": search_epochs}
+    budget.say(f"[1/3] searching a DRA policy (search recipe {SEARCH_RECIPE!r}) ...")
+    overrides: dict[str, Any] = {"data": str(budget.ds.train), "seed": seed,
+                                 "epochs": budget.search_epochs}
     t0 = time.perf_counter()
     try:
-        config = SearchConfig.from_recipe(SEARCH_RECIPE, overrides, search_settings)
-        policy = run_search(config, out / "search", progress=progress, recipe=SEARCH_RECIPE)
+        config = SearchConfig.from_recipe(SEARCH_RECIPE, overrides, budget.search_settings)
+        policy = run_search(config, folder / "search", progress=budget.progress,
+                            recipe=SEARCH_RECIPE)
     except (ConfigError, RunDirError, ValueError) as exc:
         raise DemoError(f"search failed: {exc}") from None
-    search_seconds = time.perf_counter() - t0
-    say(f"      policy written to {out / 'search' / 'policy.yaml'} ({search_seconds:.0f} s)")
+    seconds = time.perf_counter() - t0
+    budget.say(f"      policy written to {folder / 'search' / 'policy.yaml'} ({seconds:.0f} s)")
+    return policy, seconds
 
-    # 2. compile
+
+def _compile(budget: _Budget, policy: Any, folder: Path, seed: int) -> Any:
     from dra_dali.dali.export import compile_policy
+    from dra_dali.viz import plot_policy
 
-    say("[2/3] compiling it into a DALI pipeline ...")
-    compiled = compile_policy(policy, out / "compile", device="cpu", data=ds.train,
+    budget.say("[2/3] compiling it into a DALI pipeline ...")
+    compiled = compile_policy(policy, folder / "compile", device="cpu", data=budget.ds.train,
                               recipe=_PIPELINE, seed=seed,
-                              policy_source=str(out / "search" / "policy.yaml"))
-    plot_policy(policy, out / "policy.png", title="DRA policy searched on the embedded dataset")
+                              policy_source=str(folder / "search" / "policy.yaml"))
+    plot_policy(policy, folder / "policy.png", title="DRA policy searched on the embedded dataset")
+    return compiled
 
-    # 3. train three times
+
+def _train_all(budget: _Budget, folder: Path, seed: int) -> list[DemoRun]:
+    from dra_dali.train import TrainError, train
+
     runs: list[DemoRun] = []
-    searched = str(out / "search" / "policy.yaml")
+    searched = str(folder / "search" / "policy.yaml")
     for i, (name, spec, description) in enumerate(_RUNS, start=1):
-        say(f"[3/3] training {i}/3: {name} ({description}), {epochs} epochs ...")
-        run_out = out / f"train-{name}"
+        budget.say(f"[3/3] training {i}/{len(_RUNS)}: {name} ({description}), "
+                   f"{budget.epochs} epochs ...")
+        run_out = folder / f"train-{name}"
+        config = _training_config(budget.ds, run_out, spec or searched, budget.epochs, seed,
+                                  budget.max_steps)
         try:
-            result = train(_training_config(ds, run_out, spec or searched, epochs, seed, max_steps),
-                           progress=progress, log=lambda line: say(f"      {line}"))
+            result = train(config, progress=budget.progress,
+                           log=lambda line: budget.say(f"      {line}"))
         except TrainError as exc:
             raise DemoError(f"training {name} failed: {exc}") from None
         rates = [m["images_per_s"] for m in result.metrics if m.get("images_per_s")]
@@ -238,25 +312,29 @@ def run_demo(out: str | Path = "runs/demo", *, epochs: int | None = None, seed: 
                             val_top1=result.final["val_top1"], val_top5=result.final["val_top5"],
                             images_per_s=sum(rates) / max(len(rates), 1),
                             train_seconds=result.wall_seconds,
-                            curve=[m["val_top1"] for m in result.metrics]))
+                            curve=[m["val_top1"] for m in result.metrics], seed=seed))
+    return runs
 
-    files = {"searched policy": out / "search" / "policy.yaml",
-             "search plots": out / "search",
-             "compiled pipeline": compiled.pipeline_path or compiled.summary_path,
-             "pipeline preview": compiled.preview_path or compiled.summary_path,
-             "policy plot": out / "policy.png",
-             "accuracy plot": _plot_curves(runs, out / "accuracy.png"),
-             **{f"run {r.name}": r.out for r in runs},
-             "this table": out / "results.md"}
-    demo = DemoResult(out=out, runs=runs, search_seconds=search_seconds,
-                      wall_seconds=time.perf_counter() - started, files=files, epochs=epochs,
-                      seed=seed)
-    (out / "results.md").write_text(demo.report() + "\n")
-    record = {"epochs": epochs, "seed": seed, "search_seconds": search_seconds,
+
+def _files(demo: DemoResult, compiled: Any) -> dict[str, Path]:
+    out = demo.out
+    return {"searched policy": out / "search" / "policy.yaml",
+            "search plots": out / "search",
+            "compiled pipeline": compiled.pipeline_path or compiled.summary_path,
+            "pipeline preview": compiled.preview_path or compiled.summary_path,
+            "policy plot": out / "policy.png",
+            "accuracy plot": _plot_curves(demo, out / "accuracy.png"),
+            **{f"run {r.name}": r.out for r in demo.runs if r.seed == demo.seeds[0]},
+            **{f"seed {seed} runs": out / f"seed-{seed}" for seed in demo.seeds[1:]},
+            "this table": out / "results.md"}
+
+
+def _write_results(demo: DemoResult) -> None:
+    (demo.out / "results.md").write_text(demo.report() + "\n")
+    record = {"epochs": demo.epochs, "seeds": demo.seeds, "search_seconds": demo.search_seconds,
               "wall_seconds": demo.wall_seconds,
-              "runs": [{"name": r.name, "policy": r.policy, "val_top1": r.val_top1,
-                        "val_top5": r.val_top5, "images_per_s": r.images_per_s,
-                        "train_seconds": r.train_seconds, "curve": r.curve, "out": str(r.out)}
-                       for r in runs]}
-    (out / "demo.json").write_text(json.dumps(record, indent=2) + "\n")
-    return demo
+              "runs": [{"name": r.name, "seed": r.seed, "policy": r.policy,
+                        "val_top1": r.val_top1, "val_top5": r.val_top5,
+                        "images_per_s": r.images_per_s, "train_seconds": r.train_seconds,
+                        "curve": r.curve, "out": str(r.out)} for r in demo.runs]}
+    (demo.out / "demo.json").write_text(json.dumps(record, indent=2) + "\n")

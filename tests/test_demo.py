@@ -1,5 +1,5 @@
-"""The end-to-end demo: search -> compile -> three trainings, a table, plots, refusal to overwrite,
-and the same table for the same seed."""
+"""The end-to-end demo: search -> compile -> four trainings, a table, plots, refusal to overwrite,
+several seeds with mean and spread, and the same table for the same seed."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def test_quick_demo_writes_everything_and_refuses_to_overwrite(small, tmp_path) 
     out = tmp_path / "demo"
     lines: list[str] = []
     result = run_demo(out, log=lines.append, dataset=small, **QUICK)
-    assert [r.name for r in result.runs] == ["no-aug", "randaugment", "dra"]
+    assert [r.name for r in result.runs] == ["no-aug", "randaugment", "rastar", "dra"]
     for run in result.runs:
         assert 0.0 <= run.val_top1 <= run.val_top5 <= 1.0
         assert run.images_per_s > 0 and len(run.curve) == 1
@@ -44,12 +44,13 @@ def test_quick_demo_writes_everything_and_refuses_to_overwrite(small, tmp_path) 
     for name in ("search/policy.yaml", "compile/pipeline.dali", "compile/preview.png",
                  "policy.png", "accuracy.png", "results.md", "demo.json"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    # The three runs got three different policies: none, RandAugment at 32 px, the searched one.
+    # Four different policies: none, RandAugment and RA* at 32 px, the searched one.
     configs = [json.loads((r.out / "config.json").read_text()) for r in result.runs]
-    assert len({c["policy_sha256"] for c in configs}) == 3
+    assert len({c["policy_sha256"] for c in configs}) == 4
     assert configs[0]["policy_sha256"] == "none"
     report = result.report()
-    assert "| no-aug |" in report and "| dra |" in report and str(out / "accuracy.png") in report
+    assert "| no-aug |" in report and "| rastar |" in report and "| dra |" in report
+    assert str(out / "accuracy.png") in report
     assert "images/s" in report and "varies" in report
     assert any("searching" in line for line in lines)
 
@@ -59,6 +60,25 @@ def test_quick_demo_writes_everything_and_refuses_to_overwrite(small, tmp_path) 
     assert (out / "demo.json").read_text() == before
     cli = CliRunner().invoke(main, ["demo", "--out", str(out)])
     assert cli.exit_code == 1 and "--force" in cli.output
+
+
+def test_two_seeds_give_mean_and_spread(small, tmp_path) -> None:
+    out = tmp_path / "demo"
+    result = run_demo(out, seed=3, seeds=2, dataset=small, **QUICK)
+    assert result.seeds == [3, 4] and len(result.runs) == 8
+    assert (out / "search" / "policy.yaml").is_file()
+    assert (out / "seed-4" / "search" / "policy.yaml").is_file()
+    assert (out / "seed-4" / "train-dra" / "summary.json").is_file()
+    rastar = result.by_name("rastar")
+    assert [r.seed for r in rastar] == [3, 4]
+    top1 = [100 * r.val_top1 for r in rastar]
+    row = next(line for line in result.table().splitlines() if line.startswith("| rastar |"))
+    mean, sd = sum(top1) / 2, abs(top1[0] - top1[1]) / 2 ** 0.5
+    assert f"| {mean:.1f} ± {sd:.1f} % | {top1[0]:.1f} / {top1[1]:.1f} |" in row
+    record = json.loads((out / "demo.json").read_text())
+    assert record["seeds"] == [3, 4] and {r["seed"] for r in record["runs"]} == {3, 4}
+    with pytest.raises(DemoError, match="seeds must be at least 1, got 0"):
+        run_demo(tmp_path / "none", seeds=0, dataset=small, **QUICK)
 
 
 @pytest.mark.slow

@@ -93,15 +93,13 @@ def test_unsampled_operators_enter_as_one_grey_level():
     assert policy.logits.grad.abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("bypass", [False, True])
-def test_images_whose_coin_failed_are_weighted_by_h(bypass, images):
-    policy = DRAPolicy(ops=("Identity", "Invert"), depth=1, apply_prob=(0.0, 0.0),
-                       bypass_unapplied=bypass)
+def test_images_whose_coin_failed_are_weighted_by_h(images):
+    policy = DRAPolicy(ops=("Identity", "Invert"), depth=1, apply_prob=(0.0, 0.0))
     out = policy(images, torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, images, atol=1e-5, rtol=0)
     out.sum().backward()
-    logits_moved = policy.logits.grad is not None and policy.logits.grad.abs().max() > 1e-3
-    assert logits_moved != bypass  # Eq. (8) and (12): weighted by h_o unless bypassed
+    # Eq. (8) and (12): weighted by h_o, so the logits get gradient (none when bypassed).
+    assert policy.logits.grad is not None and policy.logits.grad.abs().max() > 1e-3
     assert policy.mean.grad is None or not policy.mean.grad.any()
 
 
