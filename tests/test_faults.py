@@ -507,8 +507,8 @@ def _train_on_runtime() -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _train_on_runtime(), reason="runs once train is on dra_dali.runtime "
-                                                    "(the loader's Trainer, dra_dali/train/trainer.py)")
+@pytest.mark.skipif(not _train_on_runtime(),
+                    reason="runs once train is on dra_dali.runtime (dra_dali/train/trainer.py)")
 def test_kill_loop_train_loses_nothing(tmp_path, embedded):
     args = ["train", "--data", str(embedded.train), "--val-data", str(embedded.val), "--policy",
             "ra-n2-m9", "--pipeline", "demo", "--model", "resnet-tiny", "--epochs", "3",
