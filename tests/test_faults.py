@@ -498,3 +498,29 @@ def test_kill_loop_search_loses_nothing(tmp_path, embedded):
 
     reports = _kill_loop(args, tmp_path, kills=20, window=window, check=check)
     print(f"search kill loop: {reports}; working time of one run {window:.1f} s")
+
+
+def _train_on_runtime() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("dra_dali.train.trainer") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _train_on_runtime(),
+                    reason="runs once train is on dra_dali.runtime (dra_dali/train/trainer.py)")
+def test_kill_loop_train_loses_nothing(tmp_path, embedded):
+    args = ["train", "--data", str(embedded.train), "--val-data", str(embedded.val), "--policy",
+            "ra-n2-m9", "--pipeline", "demo", "--model", "resnet-tiny", "--epochs", "3",
+            "--batch-size", "16", "--max-steps", "6", "--device", "cpu", "--no-progress"]
+    reference = tmp_path / "reference"
+    window = _timed_run(args + ["--out", str(reference)], reference)
+    timing = {"images_per_s", "train_seconds", "epoch_seconds"}
+
+    def check(out: Path) -> None:
+        _same_records(_records(out), _records(reference), timing)
+        assert [r["epoch"] for r in _records(out)] == [1, 2, 3]
+        assert not list(out.glob(".*.tmp-*")) and not list(out.glob("*.tmp"))
+
+    reports = _kill_loop(args, tmp_path, kills=20, window=window, check=check)
+    print(f"train kill loop: {reports}; working time of one run {window:.1f} s")
