@@ -20,7 +20,21 @@ def _load_policy(path: Path) -> Policy:
         raise click.ClickException(f"invalid policy: {exc}") from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+class _Main(click.Group):
+    """The command group: a library error (:class:`~dra_dali.errors.DraDaliError`) of any
+    command becomes one line and exit status 1; anything else is a bug and keeps its traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from dra_dali.errors import DraDaliError
+
+        try:
+            return super().invoke(ctx)
+        except DraDaliError as exc:
+            raise click.ClickException(" ".join(str(exc).split())) from None
+
+
+@click.group(cls=_Main,
+             context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="dra-dali")
 def main() -> None:
     """Search an augmentation policy with Differentiable RandAugment and train with NVIDIA DALI."""
@@ -131,73 +145,77 @@ def list_presets() -> None:
         click.echo(name)
 
 
+_DEVICE_HELP = "auto (CUDA when available), cpu, cuda (the local rank's GPU) or cuda:N"
+
+
 @main.command("train")
-@click.option("--data", required=True, help="Training images: image folder (root/<class>/*.jpg) "
+@click.option("--config", "config_file", type=_EXISTING_FILE, default=None,
+              help="A training configuration (YAML; a run's config.yaml runs it again); the "
+                   "options given on the command line override its values.")
+@click.option("--data", default=None, help="Training images: image folder (root/<class>/*.jpg) "
               "or a file list of 'relative/path label' lines.")
-@click.option("--val-data", required=True, help="Validation images, same classes as --data.")
-@click.option("--policy", required=True, help="Policy YAML file, a preset name (ra-n2-m9, ta, "
-              "dra-imagenet-resnet-50, ...) or 'none' for no augmentation beyond crop and flip.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run directory: config.json, policy.yaml, metrics.jsonl, checkpoint.pt, "
-                   "summary.json.")
-@click.option("--model", default="resnet-tiny", help="Model name: resnet-tiny, resnet-20, "
-              "wrn-28-10, wrn-40-2, torchvision names (resnet50), timm:NAME.")
-@click.option("--pipeline", default="imagenet", help="Pipeline recipe (crop, flip, size, "
-              "normalisation): imagenet, cifar, demo, or a YAML file.")
-@click.option("--epochs", default=10, type=click.IntRange(min=1))
-@click.option("--batch-size", default=64, type=click.IntRange(min=1),
-              help="Images per step per process (global batch = this x processes).")
+@click.option("--val-data", default=None, help="Validation images, same classes as --data.")
+@click.option("--policy", default=None, help="Policy YAML file, a preset name (ra-n2-m9, ta, "
+              "dra-imagenet-resnet-50, ...) or 'none'  [default: none]")
+@click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory: config.yaml, policy.yaml, metrics.jsonl, checkpoint.pt, "
+                   "best.pt, model.pt, summary.json.")
+@click.option("--model", default=None, help="Model name: resnet-tiny, resnet-20, wrn-28-10, "
+              "wrn-40-2, torchvision names (resnet50), timm:NAME  [default: resnet-tiny]")
+@click.option("--pipeline", default=None, help="Pipeline recipe (crop, flip, size, "
+              "normalisation): imagenet, cifar, demo, or a YAML file  [default: imagenet]")
+@click.option("--epochs", default=None, type=click.IntRange(min=1), help="[default: 10]")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1),
+              help="Images per step per process (global batch = this x processes)  [default: 64]")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Peak learning rate  [default: 0.1 x global batch / 128]")
-@click.option("--weight-decay", default=5e-4, type=click.FloatRange(min=0),
-              help="Weight decay (never on norm layers and biases).")
-@click.option("--warmup-epochs", default=1.0, type=click.FloatRange(min=0))
-@click.option("--label-smoothing", default=0.1, type=click.FloatRange(0, 1, max_open=True))
-@click.option("--seed", default=0, type=int, help="Seeds weights, data order and augmentation.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
-@click.option("--amp/--no-amp", default=True, help="Mixed precision on CUDA.")
-@click.option("--workers", default=2, type=click.IntRange(min=1), help="DALI CPU threads per "
-              "process.")
+@click.option("--weight-decay", default=None, type=click.FloatRange(min=0),
+              help="Weight decay, never on norm layers and biases  [default: 5e-4]")
+@click.option("--warmup-epochs", default=None, type=click.FloatRange(min=0), help="[default: 1]")
+@click.option("--label-smoothing", default=None, type=click.FloatRange(0, 1, max_open=True),
+              help="[default: 0.1]")
+@click.option("--seed", default=None, type=int, help="Seeds weights, data order and "
+              "augmentation  [default: 0]")
+@click.option("--device", default=None, help=_DEVICE_HELP + "  [default: auto]")
+@click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA  [default: on]")
+@click.option("--workers", default=None, type=click.IntRange(min=1), help="DALI CPU threads "
+              "per process  [default: 2]")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
               help="Cap the steps per epoch (smoke tests).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--force", is_flag=True, help="Overwrite a run in --out (or, with --resume, "
               "train a finished run for more epochs).")
+@click.option("--allow-change", "allowed", multiple=True, metavar="KEY",
+              help="With --resume: accept a new value of this setting (recorded in "
+                   "overrides.jsonl). Repeatable.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar with images/s.")
-def train_command(data: str, val_data: str, policy: str, out: Path, model: str, pipeline: str,
-                  epochs: int, batch_size: int, lr: float | None, weight_decay: float,
-                  warmup_epochs: float, label_smoothing: float, seed: int, device: str,
-                  amp: bool, workers: int, max_steps: int | None, resume: bool, force: bool,
-                  progress: bool) -> None:
+def train_command(config_file: Path | None, resume: bool, force: bool, allowed: tuple[str, ...],
+                  progress: bool, **options) -> None:
     """Train a model with a policy, fed by the DALI pipeline; DDP when launched by torchrun
-    (torchrun --nproc_per_node N -m dra_dali.cli train ...). SIGTERM saves a checkpoint and
-    exits with status 143; --resume continues."""
-    from dra_dali.train import INTERRUPTED_EXIT, TrainConfig, TrainError, train
-
-    try:
-        config = TrainConfig(data=data, val_data=val_data, out=str(out), policy=policy,
-                             model=model, epochs=epochs, batch_size=batch_size, lr=lr,
-                             weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-                             label_smoothing=label_smoothing, pipeline=pipeline, seed=seed,
-                             device=device, amp=amp, workers=workers, max_steps=max_steps)
-        result = train(config, resume=resume, force=force, progress=progress,
-                       log=lambda line: click.echo(line, err=True))
-    except (TrainError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from None
+    (torchrun --nproc_per_node N -m dra_dali.cli train ...). SIGTERM or Ctrl-C saves a
+    checkpoint and exits with status 143 or 130; --resume continues."""
     import os
 
-    if os.environ.get("RANK", "0") != "0":
-        if not result.finished:
-            raise SystemExit(INTERRUPTED_EXIT)
-        return
+    from dra_dali.train import TrainConfig, train
+
+    given = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()
+             if v is not None}
+    if config_file is not None:
+        config = TrainConfig.from_yaml(config_file, **given)
+    else:
+        config = TrainConfig.from_dict(given)
+    result = train(config, resume=resume, force=force, overrides=allowed, progress=progress,
+                   log=lambda line: click.echo(line, err=True))
     if not result.finished:
-        click.echo(f"interrupted; checkpoint in {out}; continue with the same command plus "
-                   "--resume", err=True)
-        raise SystemExit(INTERRUPTED_EXIT)
-    final = result.final
+        if os.environ.get("RANK", "0") == "0":
+            click.echo(f"interrupted; checkpoint in {config.out}; continue with the same command "
+                       "plus --resume", err=True)
+        raise SystemExit(result.exit_code)
+    if os.environ.get("RANK", "0") != "0":
+        return
+    top1, top5 = (100 * result.final.get(k, 0) for k in ("val_top1", "val_top5"))
     click.echo(f"finished {result.epoch} epochs in {result.wall_seconds:.0f} s: val top-1 "
-               f"{100 * final.get('val_top1', 0):.2f} %, top-5 {100 * final.get('val_top5', 0):.2f} %;"
-               f" run directory {out}")
+               f"{top1:.2f} %, top-5 {top5:.2f} %; run directory {config.out}")
 
 
 @main.command()
@@ -277,41 +295,51 @@ def compare(methods: str, data: str | None, val_data: str | None, out: Path, see
     click.echo(f"{result.table()}\n\ntable: {out / 'results.md'}, plot: {out / 'compare.png'}")
 
 
+def _default_recipe(data: str | None) -> str:
+    """``demo`` (32 px) for the embedded data set (the default data), ``imagenet`` otherwise."""
+    if data is None:
+        return "demo"
+    # the embedded set lives in <cache>/embedded-v<N>/{train,val}
+    inside = any(p.name.startswith("embedded-v") for p in Path(data).resolve().parents)
+    return "demo" if inside else "imagenet"
+
+
 @main.command("compile")
 @click.argument("policy")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for pipeline.dali, summary.txt, preview.png, config.yaml, policy.yaml.")
-@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu",
-              help="Where the pipeline decodes and augments (gpu: mixed decode, GPU operators).")
+@click.option("--device", default="cpu", help="Where the pipeline decodes and augments: cpu, "
+              "cuda or cuda:N (mixed decode, GPU operators; gpu means cuda).")
 @click.option("--data", default=None, help="Images the pipeline reads and the preview shows "
               "(image folder or file list)  [default: the embedded demo dataset]")
 @click.option("--pipeline", "recipe", default=None, help="Pipeline recipe: imagenet, cifar, demo "
-              "or a YAML file  [default: demo without --data, imagenet with it]")
+              "or a YAML file  [default: demo for the embedded data set, imagenet otherwise]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Batch size of the serialised pipeline  [default: the recipe's]")
 @click.option("--seed", default=0, type=int, help="Pipeline seed (shuffle and augmentation).")
 def compile_command(policy: str, out: Path, device: str, data: str | None, recipe: str | None,
                     batch_size: int | None, seed: int) -> None:
-    """Compile POLICY (a policy file or a preset name) into a DALI training pipeline: writes the
-    serialised pipeline, a graph summary and a preview grid rendered by the pipeline."""
+    """Compile POLICY (a policy file or a preset name, made for the recipe's image size) into a
+    DALI training pipeline: writes the serialised pipeline, a graph summary and a preview grid
+    rendered by the pipeline."""
     from dra_dali.dali.export import compile_policy
-    from dra_dali.dali.pipelines import RecipeError
-    from dra_dali.data import DataError
+    from dra_dali.dali.loader import dali_placement
+    from dra_dali.dali.pipelines import load_recipe, resolve_policy
 
+    dali_device, _ = dali_placement(device)
+    recipe = recipe or _default_recipe(data)
     if Path(policy).exists() or Path(policy).suffix in (".yaml", ".yml"):
         loaded = _load_policy(Path(policy))
     else:
         try:
-            loaded = Policy.preset(policy)
+            loaded = resolve_policy(policy, load_recipe(recipe).size)
         except PolicyError as exc:
             raise click.ClickException(f"{policy!r} is neither a policy file nor a preset: "
                                        f"{exc}") from None
-    try:
-        result = compile_policy(loaded, out, device=device, data=data,
-                                recipe=recipe or ("demo" if data is None else "imagenet"),
-                                batch_size=batch_size, seed=seed, policy_source=policy)
-    except (DataError, RecipeError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from None
+        if loaded is None:
+            raise click.ClickException("compile needs a policy, not 'none'")
+    result = compile_policy(loaded, out, device=dali_device, data=data, recipe=recipe,
+                            batch_size=batch_size, seed=seed, policy_source=policy)
     for warning in result.warnings:
         click.echo(f"Warning: {warning}", err=True)
     for note in result.notes:

@@ -129,14 +129,25 @@ def test_unknown_policy_name_and_missing_data_are_named(tmp_path):
     assert result.exit_code == 1 and "nowhere" in result.stderr
 
 
-def test_resolution_mismatch_warns_which_translate_range_applies(tmp_path, embedded):
+def test_preset_is_made_for_the_pipeline_size(tmp_path, embedded):
     result = CliRunner().invoke(
-        main, ["compile", "ra-n2-m9", "--out", str(tmp_path), "--data", str(embedded.val),
-               "--pipeline", "cifar", "--batch-size", "8"])
+        main, ["compile", "dra-imagenet-resnet-50", "--out", str(tmp_path), "--data",
+               str(embedded.train), "--batch-size", "8"])            # the embedded set: demo, 32 px
+    assert result.exit_code == 0, result.stderr
+    assert "Warning" not in result.stderr
+    assert Policy.load(tmp_path / "policy.yaml").resolution == 32
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["recipe"]["size"] == 32
+
+
+def test_resolution_mismatch_warns_which_translate_range_applies(tmp_path, embedded):
+    policy_file = Policy.preset("ra-n2-m9").save(tmp_path / "ra.yaml")   # a file: 224 px kept
+    result = CliRunner().invoke(
+        main, ["compile", str(policy_file), "--out", str(tmp_path / "c"), "--data",
+               str(embedded.val), "--pipeline", "cifar", "--batch-size", "8"])
     assert result.exit_code == 0, result.stderr
     assert "Warning:" in result.stderr and "224 px" in result.stderr
     assert "100 px at m = 1" in result.stderr
-    assert "WARNING" in (tmp_path / "summary.txt").read_text()
+    assert "WARNING" in (tmp_path / "c" / "summary.txt").read_text()
 
 
 def test_data_with_an_unreadable_file_is_refused_naming_it(tmp_path, embedded):

@@ -45,7 +45,7 @@ def test_quick_demo_writes_everything_and_refuses_to_overwrite(small, tmp_path) 
                  "policy.png", "accuracy.png", "results.md", "demo.json"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     # Four different policies: none, RandAugment and RA* at 32 px, the searched one.
-    configs = [json.loads((r.out / "config.json").read_text()) for r in result.runs]
+    configs = [json.loads((r.out / "summary.json").read_text()) for r in result.runs]
     assert len({c["policy_sha256"] for c in configs}) == 4
     assert configs[0]["policy_sha256"] == "none"
     report = result.report()

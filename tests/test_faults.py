@@ -154,7 +154,7 @@ def test_item2_search_and_train_refuse_a_corrupt_but_decodable_jpeg(tmp_path):
     data = _folder(tmp_path / "d", {"a/garbled.jpg": corrupt_but_decodable_jpeg()})
     with pytest.raises(DataError, match=r"a/garbled.jpg: corrupt: corrupt JPEG data"):
         _proxy(data)
-    with pytest.raises(TrainError, match=r"(?s)--data: .*a/garbled.jpg: corrupt: corrupt JPEG"):
+    with pytest.raises(TrainError, match=r"(?s)data: .*a/garbled.jpg: corrupt: corrupt JPEG"):
         check_datasets(str(data), str(data))
 
 
@@ -295,9 +295,9 @@ def test_item8_search_recipe_values_are_refused_before_any_work(tmp_path, embedd
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--lr", "1e30"], "lr must be at most 10"),
-    (["--lr", "inf"], "lr must be a finite number"),
-    (["--weight-decay", "nan"], "weight_decay must be a finite number"),
+    (["--lr", "1e30"], "train.lr: must be at most 10"),
+    (["--lr", "inf"], "train.lr: must be a finite number"),
+    (["--weight-decay", "nan"], "train.weight_decay: must be a finite number"),
 ])
 def test_item8_train_values_are_refused_before_any_work(tmp_path, embedded, flags, message):
     result = CliRunner().invoke(main, ["train", "--data", str(embedded.train), "--val-data",
@@ -498,3 +498,29 @@ def test_kill_loop_search_loses_nothing(tmp_path, embedded):
 
     reports = _kill_loop(args, tmp_path, kills=20, window=window, check=check)
     print(f"search kill loop: {reports}; working time of one run {window:.1f} s")
+
+
+def _train_on_runtime() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("dra_dali.train.trainer") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _train_on_runtime(),
+                    reason="runs once train is on dra_dali.runtime (dra_dali/train/trainer.py)")
+def test_kill_loop_train_loses_nothing(tmp_path, embedded):
+    args = ["train", "--data", str(embedded.train), "--val-data", str(embedded.val), "--policy",
+            "ra-n2-m9", "--pipeline", "demo", "--model", "resnet-tiny", "--epochs", "3",
+            "--batch-size", "16", "--max-steps", "6", "--device", "cpu", "--no-progress"]
+    reference = tmp_path / "reference"
+    window = _timed_run(args + ["--out", str(reference)], reference)
+    timing = {"images_per_s", "train_seconds", "epoch_seconds"}
+
+    def check(out: Path) -> None:
+        _same_records(_records(out), _records(reference), timing)
+        assert [r["epoch"] for r in _records(out)] == [1, 2, 3]
+        assert not list(out.glob(".*.tmp-*")) and not list(out.glob("*.tmp"))
+
+    reports = _kill_loop(args, tmp_path, kills=20, window=window, check=check)
+    print(f"train kill loop: {reports}; working time of one run {window:.1f} s")

@@ -286,3 +286,28 @@ def test_foreign_training_loop_learns_from_the_loader(embedded):
     assert stats[-1]["updates"] == 3 * len(train_loader)       # the schedule's length was right
     assert stats[-1]["loss"] < stats[0]["loss"]
     assert validate(model, val_loader) > 0.25                    # chance is 0.1
+
+
+def test_scheduled_policy_switches_at_its_boundary(embedded):
+    """A format-2 schedule: epoch 0 inverts every image, from epoch 1 on nothing is applied."""
+    subset = _indexed(embedded, per_class=1)
+    invert = {"ops": ["Invert"], "resolution": 32, "apply_prob": [1.0, 1.0],
+              "layers": [{"logits": [0.0], "mean": [0.0], "std": [0.0]}]}
+    nothing = {**invert, "apply_prob": [0.0, 0.0]}
+    policy = Policy.from_dict({"format": "dra-policy/2", "schedule": [
+        {"start_epoch": 0, "policy": invert}, {"start_epoch": 1, "policy": nothing}]})
+    assert policy.schedule_boundaries == (1,)
+    recipe = {"name": "plain", "size": 32, "crop": "center", "flip": False, "val_resize": 32}
+    loader = DALILoader(subset, policy, recipe=recipe, batch_size=10, num_threads=1)
+    plain = DALILoader(subset, recipe=recipe, batch_size=10, train=False, num_threads=1)
+    reference = {int(i): x for x, t in plain for i, x in zip(t, x)}
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    for epoch, inverted in ((0, True), (1, False), (2, False)):
+        loader.set_epoch(epoch)
+        for images, labels in loader:
+            for image, label in zip(images, labels):
+                expected = reference[int(label)]
+                if inverted:                                        # 255 - x, normalised
+                    expected = ((1 - (expected * std + mean)) - mean) / std
+                assert torch.allclose(image, expected, atol=0.02), (epoch, int(label))

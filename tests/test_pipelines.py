@@ -22,7 +22,7 @@ from dra_dali.data import ImageList, scan_images
 
 
 def _indexed(embedded, per_class: int = 5) -> ImageList:
-    """A small subset of the embedded val set whose labels are the sample index (to track samples)."""
+    """A small subset of the embedded val set labelled by sample index (to track samples)."""
     full = scan_images(embedded.val)
     keep = [i for i, label in enumerate(full.labels)
             if i - full.labels.index(label) < per_class]
@@ -215,3 +215,17 @@ def test_train_pipeline_without_randomness_equals_the_val_pipeline(embedded):
     assert train.dtype == np.float16 and train.shape == (20, 3, 32, 32)
     np.testing.assert_array_equal(tl, vl)
     np.testing.assert_array_equal(train, val)
+
+
+def test_dra_retraining_recipes(embedded):
+    """The DRA authors' retraining transforms: RRC scale (0.05, 1); CIFAR Cutout before
+    normalisation, filled black (so the cut pixels are -mean/std after normalising)."""
+    assert load_recipe("imagenet-dra").scale == (0.05, 1.0)
+    recipe = load_recipe("cifar-dra")
+    assert recipe.cutout == 16 and recipe.cutout_before_normalize
+    (images, _), = _run(build_train_pipeline(embedded.val, None, recipe, batch_size=32,
+                                             num_threads=2, seed=1), 1)
+    black = (np.array([0.0, 0.0, 0.0]) - np.array(recipe.mean)) / np.array(recipe.std)
+    cut = np.isclose(images, black[None, :, None, None], atol=1e-4).all(axis=1)
+    assert (cut.sum(axis=(1, 2)) > 0).mean() > 0.9                # a black square per image
+    assert not (images == 0).all(axis=1).any()                   # no mean-colour square

@@ -15,12 +15,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 from torch import nn
 
 from dra_dali.cli import main
+from dra_dali.errors import DraDaliError
 from dra_dali.policy import Policy
-from dra_dali.train import TrainConfig, TrainError, load_checkpoint, save_checkpoint, train
+from dra_dali.runtime import load_checkpoint
+from dra_dali.train import TrainConfig, TrainError, train
 from dra_dali.train.optim import build_optimizer, build_scheduler, warmup_cosine
 
 CLASSES = 4
@@ -86,30 +89,9 @@ def test_warmup_then_cosine_schedule() -> None:
     assert warmup_cosine(12, 20, 4) == pytest.approx(0.5)
 
 
-def test_checkpoint_is_atomic_and_loads_weights_only(tmp_path, monkeypatch) -> None:
-    path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, {"epoch": 1, "w": torch.ones(3)})
-
-    def broken_save(obj, handle):
-        handle.write(b"half a checkpoint")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(path, {"epoch": 2, "w": torch.zeros(3)})
-    monkeypatch.undo()
-    state = load_checkpoint(path)
-    assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(3))
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]   # no temporary left
-
-    torch.save({"obj": Policy.preset("ta")}, tmp_path / "foreign.pt")  # needs unpickling code
-    with pytest.raises(RuntimeError, match="not a readable dra-dali checkpoint"):
-        load_checkpoint(tmp_path / "foreign.pt")
-
-
 def test_evaluate_sums_loss_and_top_k_over_batches() -> None:
     from dra_dali.train.distributed import DistInfo
-    from dra_dali.train.loop import _evaluate
+    from dra_dali.train.trainer import evaluate as _evaluate
 
     torch.manual_seed(0)
     model = nn.Linear(4, 7)
@@ -143,9 +125,13 @@ def test_cli_training_beats_chance_on_the_embedded_dataset(embedded, tmp_path) -
     assert final["images_per_s"] > 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["finished"] and summary["val_top1"] == final["val_top1"]
-    config = json.loads((out / "config.json").read_text())
-    assert config["policy_sha256"] == "none" and config["classes"] == list(embedded.classes)
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["policy"] == "none" and config["batch_size"] == 32 and config["lr"] == 0.2
     assert "val top-1" in result.output
+    for name in ("best.pt", "model.pt"):                         # weights only, loadable so
+        weights = load_checkpoint(out / name)
+        assert weights["model_name"] == "resnet-tiny" and "fc.weight" in weights["model"]
+    assert load_checkpoint(out / "checkpoint.pt")["classes"] == list(embedded.classes)
 
 
 def test_policy_is_copied_and_presets_follow_the_pipeline_size(tiny, tmp_path) -> None:
@@ -155,7 +141,7 @@ def test_policy_is_copied_and_presets_follow_the_pipeline_size(tiny, tmp_path) -
     result = train(_config(tiny, out, policy=str(policy_file), epochs=1), progress=False)
     assert result.finished
     assert Policy.load(out / "policy.yaml") == Policy.load(policy_file)
-    assert json.loads((out / "config.json").read_text())["policy_sha256"] == \
+    assert load_checkpoint(out / "checkpoint.pt")["policy_sha256"] == \
         Policy.load(policy_file).sha256()
     out2 = tmp_path / "run2"
     train(_config(tiny, out2, policy="ra-n2-m9", epochs=1), progress=False)
@@ -202,9 +188,9 @@ def test_resume_refuses_another_policy_or_model(tiny, tmp_path) -> None:
     train(_config(tiny, out, policy="ra-n2-m9", epochs=2), progress=False,
           batch_hook=_sigterm_at(0, 1))
     before = (out / "checkpoint.pt").read_bytes()
-    with pytest.raises(TrainError, match="another policy"):
+    with pytest.raises(DraDaliError, match="policy: 'ra-n2-m9' -> 'ta'"):
         train(_config(tiny, out, policy="ta", epochs=2), resume=True, progress=False)
-    with pytest.raises(TrainError, match="model 'resnet-tiny'"):
+    with pytest.raises(DraDaliError, match="model: 'resnet-tiny' -> 'resnet-20'"):
         train(_config(tiny, out, policy="ra-n2-m9", epochs=2, model="resnet-20"), resume=True,
               progress=False)
     assert (out / "checkpoint.pt").read_bytes() == before
@@ -217,7 +203,8 @@ def test_sigterm_through_the_cli_saves_and_exits_cleanly(tiny, tmp_path) -> None
                                                                      "--epochs", "40")]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
-    while not (out / "metrics.jsonl").exists() and time.time() < deadline:
+    metrics = out / "metrics.jsonl"                               # one epoch recorded
+    while not (metrics.exists() and metrics.stat().st_size) and time.time() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
@@ -240,7 +227,7 @@ def test_missing_or_empty_val_data(tiny, tmp_path) -> None:
     args = _args(tiny, out, "--policy", "none")
     i = args.index("--val-data")
     result = _cli(*args[:i + 1], str(tmp_path / "nope"), *args[i + 2:])
-    assert result.exit_code == 1 and "--val-data" in result.output and "nope" in result.output
+    assert result.exit_code == 1 and "val_data" in result.output and "nope" in result.output
     (tmp_path / "empty").mkdir()
     result = _cli(*args[:i + 1], str(tmp_path / "empty"), *args[i + 2:])
     assert result.exit_code == 1 and "no class sub-folders" in result.output
@@ -258,14 +245,14 @@ def test_different_class_sets(tiny, tmp_path) -> None:
     args[args.index("--val-data") + 1] = str(val)
     result = _cli(*args)
     assert result.exit_code == 1
-    assert "different classes" in result.output and "only in --data: ['astronaut']" in result.output
+    assert "different classes" in result.output and "only in data: ['astronaut']" in result.output
 
 
 def test_invalid_policy_and_unknown_model(tiny, tmp_path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(Policy.preset("ta").to_yaml().replace("std: [0.0", "std: [-0.1", 1))
     result = _cli(*_args(tiny, tmp_path / "a", "--policy", str(bad)))
-    assert result.exit_code == 1 and "invalid policy" in result.output and "std" in result.output
+    assert result.exit_code == 1 and "std" in result.output and str(bad) in result.output
     result = _cli(*_args(tiny, tmp_path / "b", "--policy", "no-such-preset"))
     assert result.exit_code == 1 and "not a file and not a preset" in result.output
     result = _cli(*_args(tiny, tmp_path / "c", "--policy", "none", "--model", "resnet5O"))
@@ -276,20 +263,76 @@ def test_invalid_policy_and_unknown_model(tiny, tmp_path) -> None:
 
 def test_resume_without_checkpoint(tiny, tmp_path) -> None:
     result = _cli(*_args(tiny, tmp_path / "run", "--policy", "none", "--resume"))
-    assert result.exit_code == 1 and "no checkpoint" in result.output
+    assert result.exit_code == 1 and "nothing to resume" in result.output
 
 
 def test_finished_run_is_not_overwritten_without_force(tiny, tmp_path) -> None:
     out = tmp_path / "run"
     assert _cli(*_args(tiny, out, "--policy", "none", "--max-steps", "2")).exit_code == 0
-    files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"}
     again = _cli(*_args(tiny, out, "--policy", "none", "--max-steps", "2"))
     assert again.exit_code == 1 and "already holds a finished run" in again.output
-    assert "--force" in again.output
+    assert "force" in again.output
     # --force with a bad model is refused before anything is deleted.
     bad = _cli(*_args(tiny, out, "--policy", "none", "--force", "--model", "nope"))
     assert bad.exit_code == 1
-    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == files
+    kept = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"}
+    assert kept == files
     forced = _cli(*_args(tiny, out, "--policy", "none", "--max-steps", "2", "--force"))
     assert forced.exit_code == 0, forced.output
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+# ----- the configuration file and the device vocabulary ------------------------------------------
+def test_run_repeated_from_its_config_yaml(tiny, tmp_path) -> None:
+    first = tmp_path / "first"
+    result = _cli(*_args(tiny, first, "--policy", "ra-n2-m9", "--max-steps", "3", "--seed", "5"))
+    assert result.exit_code == 0, result.output
+    again = _cli("--config", str(first / "config.yaml"), "--out", str(tmp_path / "again"),
+                 "--no-progress")
+    assert again.exit_code == 0, again.output
+    skip = {"images_per_s", "train_seconds", "epoch_seconds"}
+    a, b = (load_checkpoint(tmp_path / d / "model.pt")["model"] for d in ("first", "again"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    records = [[{k: v for k, v in json.loads(line).items() if k not in skip}
+                for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+               for d in ("first", "again")]
+    assert records[0] == records[1]
+    saved = yaml.safe_load((tmp_path / "again" / "config.yaml").read_text())
+    assert saved["out"] == str(tmp_path / "again") and saved["seed"] == 5
+
+
+def test_config_file_errors_name_the_file_and_key(tmp_path) -> None:
+    bad = tmp_path / "c.yaml"
+    bad.write_text("data: a\nval_data: b\nout: c\nepochz: 3\n")
+    result = _cli("--config", str(bad))
+    assert result.exit_code == 1
+    assert str(bad) in result.output and "epochz" in result.output
+    assert result.output.count("\n") == 1                     # one line
+    with pytest.raises(TrainError, match="train.device: must be auto, cpu, cuda or cuda:N"):
+        TrainConfig(data="a", val_data="b", out="c", device="gpu")
+    assert TrainConfig(data="a", val_data="b", out="c", device="cuda:1").device == "cuda:1"
+
+
+def test_dali_placement_follows_the_torch_device() -> None:
+    from dra_dali.dali.loader import dali_placement
+
+    assert dali_placement("cpu") == ("cpu", None)
+    assert dali_placement("cuda") == ("gpu", None) and dali_placement("cuda:3") == ("gpu", 3)
+    with pytest.raises(DraDaliError, match="device: expected cpu, cuda or cuda:N"):
+        dali_placement("tpu")
+
+
+def test_warmup_from_zero() -> None:
+    assert warmup_cosine(0, 10, 5, start=0.0) == 0.0
+    assert warmup_cosine(5, 10, 5, start=0.0) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name, pipeline, lr", [("imagenet-resnet50-dra", "imagenet-dra", 0.1),
+                                                ("cifar10-wrn28-10-dra", "cifar-dra", 0.1)])
+def test_dra_retraining_configs(name, pipeline, lr) -> None:
+    path = Path(__file__).parents[1] / "pipelines" / "train" / f"{name}.yaml"
+    config = TrainConfig.from_yaml(path, data="d", val_data="v", out="o")
+    assert (config.pipeline, config.label_smoothing, config.warmup_start) == (pipeline, 0.0, 0.0)
+    assert config.warmup_epochs == 5 and config.peak_lr(1) == pytest.approx(lr)
+    assert config.peak_lr(4) == pytest.approx(4 * lr)            # linear in the global batch

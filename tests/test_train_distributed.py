@@ -71,9 +71,9 @@ def test_torchrun_two_ranks_partition_every_epoch(one_image_per_class, tmp_path)
     assert [r["seen"][0][2] for r in ranks] != [
         next(s[2] for s in r["seen"] if s[0] == 1) for r in ranks]
 
-    config = json.loads((out / "config.json").read_text())
-    assert config["world_size"] == 2 and config["global_batch_size"] == 2 * BATCH
-    assert config["steps_per_epoch"] == 5
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_batch_size"] == 2 * BATCH
+    assert summary["steps_per_epoch"] == 5
     steps = [sorted({s for e, s, _ in r["seen"] if e == 0}) for r in ranks]
     assert steps == [list(range(5)), list(range(5))]          # same number of steps per rank
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -95,7 +95,7 @@ def test_cli_under_torchrun(one_image_per_class, tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.count("finished 1 epochs") == 1
     assert proc.stderr.count("epoch 1/1:") == 1
-    config = json.loads((out / "config.json").read_text())
-    assert config["world_size"] == 2 and config["steps_per_epoch"] == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps_per_epoch"] == 2
     record = json.loads((out / "metrics.jsonl").read_text())
     assert record["train_images"] == 2 * 2 * 4 and record["val_images"] == IMAGES

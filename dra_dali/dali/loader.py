@@ -175,8 +175,10 @@ class DALILoader:
 
     Notes:
         Each training epoch is a DALI pipeline of its own, seeded by :func:`epoch_seed` of
-        ``seed`` and the epoch: ``set_epoch(n)`` selects the epoch (as with a
-        ``DistributedSampler``); without it every ``iter()`` runs the next epoch. Leaving an
+        ``seed`` and the epoch, with the policy of that epoch (``policy.at_epoch(epoch)``: a
+        scheduled policy switches at its ``schedule_boundaries``): ``set_epoch(n)`` selects the
+        epoch (as with a ``DistributedSampler``); without it every ``iter()`` runs the next
+        epoch. Leaving an
         epoch early (``break``) costs nothing: the next ``iter()`` starts a new pipeline rather
         than reading the rest of the old one.
 
@@ -312,7 +314,10 @@ class DALILoader:
                       device_id=self.device_id, num_threads=self.num_threads,
                       shard_id=self.shard_id, num_shards=self.num_shards, checkpoint=checkpoint)
         if self.train:
-            pipeline = build_train_pipeline(self.images, self.policy, self.recipe,
+            # A scheduled policy (format 2) gives each epoch its own flat policy: every epoch
+            # has a pipeline of its own, so the switch at a boundary is a new graph.
+            policy = self.policy.at_epoch(epoch) if self.policy is not None else None
+            pipeline = build_train_pipeline(self.images, policy, self.recipe,
                                             seed=epoch_seed(self.seed, epoch), warn=epoch == 0,
                                             **common)
         else:

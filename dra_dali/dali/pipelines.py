@@ -26,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -86,8 +85,11 @@ class PipelineRecipe:
         pad: padding of ``pad_crop`` in pixels.
         pad_fill: value of the padded pixels (0, as torchvision's RandomCrop).
         flip: random horizontal flip (p = 0.5) before the policy.
-        cutout: side in pixels of a Cutout square applied after normalisation (filled with 0, i.e.
-            the mean colour; DeVries & Taylor, as the paper's CIFAR setting); 0 disables it.
+        cutout: side in pixels of a Cutout square; 0 disables it. Applied after normalisation
+            (filled with 0, i.e. the mean colour; DeVries & Taylor) unless
+            ``cutout_before_normalize``.
+        cutout_before_normalize: cut the uint8 image before normalisation, filled black (0), as
+            the DRA authors' CIFAR retraining does (``pipelines/cifar-dra.yaml``).
         val_resize: validation resizes the shorter side to this, then centre-crops ``size``.
         mean: per-channel mean in [0, 1] units (multiplied by 255 inside).
         std: per-channel standard deviation in [0, 1] units.
@@ -105,6 +107,7 @@ class PipelineRecipe:
     pad_fill: int = 0
     flip: bool = True
     cutout: int = 0
+    cutout_before_normalize: bool = False
     val_resize: int = 256
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -112,44 +115,50 @@ class PipelineRecipe:
     num_threads: int = 4
     dtype: Literal["float32", "float16"] = "float32"
 
-    def __post_init__(self) -> None:
-        def fail(field: str, message: str) -> None:
-            raise RecipeError(f"recipe {self.name!r}: {field}: {message}")
+    def _fail(self, field: str, message: str) -> None:
+        raise RecipeError(f"recipe {self.name!r}: {field}: {message}")
 
-        for name in ("size", "batch_size", "num_threads", "val_resize"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                fail(name, f"expected a positive integer, got {value!r}")
-        for name in ("pad", "cutout", "pad_fill"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                fail(name, f"expected a non-negative integer, got {value!r}")
-        if self.crop not in _CROPS:
-            fail("crop", f"expected one of {', '.join(_CROPS)}, got {self.crop!r}")
-        if self.dtype not in _DTYPES:
-            fail("dtype", f"expected one of {', '.join(_DTYPES)}, got {self.dtype!r}")
-        if not isinstance(self.flip, bool):
-            fail("flip", f"expected true or false, got {self.flip!r}")
+    def __post_init__(self) -> None:
+        self._check_scalars()
+        self._check_lists()
         if self.val_resize < self.size:
-            fail("val_resize", f"{self.val_resize} is smaller than size {self.size}; the centre "
-                               f"crop would not fit")
+            self._fail("val_resize", f"{self.val_resize} is smaller than size {self.size}; the "
+                                     "centre crop would not fit")
         if self.cutout > self.size:
-            fail("cutout", f"{self.cutout} px is larger than the image side {self.size}")
+            self._fail("cutout", f"{self.cutout} px is larger than the image side {self.size}")
+        lo, hi = self.scale
+        if not 0 < lo <= hi <= 1:
+            self._fail("scale", f"expected 0 < lo <= hi <= 1, got {list(self.scale)}")
+        lo, hi = self.ratio
+        if not 0 < lo <= hi:
+            self._fail("ratio", f"expected 0 < lo <= hi, got {list(self.ratio)}")
+        if any(s <= 0 for s in self.std):
+            self._fail("std", f"must be positive, got {list(self.std)}")
+
+    def _check_scalars(self) -> None:
+        for names, low, what in ((("size", "batch_size", "num_threads", "val_resize"), 1,
+                                  "a positive integer"),
+                                 (("pad", "cutout", "pad_fill"), 0, "a non-negative integer")):
+            for name in names:
+                value = getattr(self, name)
+                if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                    self._fail(name, f"expected {what}, got {value!r}")
+        for name, choices in (("crop", _CROPS), ("dtype", _DTYPES)):
+            if getattr(self, name) not in choices:
+                self._fail(name, f"expected one of {', '.join(choices)}, got "
+                                 f"{getattr(self, name)!r}")
+        for name in ("flip", "cutout_before_normalize"):
+            if not isinstance(getattr(self, name), bool):
+                self._fail(name, f"expected true or false, got {getattr(self, name)!r}")
+
+    def _check_lists(self) -> None:
         for name, length in (("scale", 2), ("ratio", 2), ("mean", 3), ("std", 3)):
             value = getattr(self, name)
             if not isinstance(value, (list, tuple)) or len(value) != length or not all(
                     isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                     for v in value):
-                fail(name, f"expected a list of {length} numbers, got {value!r}")
+                self._fail(name, f"expected a list of {length} numbers, got {value!r}")
             object.__setattr__(self, name, tuple(float(v) for v in value))
-        lo, hi = self.scale
-        if not 0 < lo <= hi <= 1:
-            fail("scale", f"expected 0 < lo <= hi <= 1, got {list(self.scale)}")
-        lo, hi = self.ratio
-        if not 0 < lo <= hi:
-            fail("ratio", f"expected 0 < lo <= hi, got {list(self.ratio)}")
-        if any(s <= 0 for s in self.std):
-            fail("std", f"must be positive, got {list(self.std)}")
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "recipe") -> "PipelineRecipe":
@@ -268,13 +277,10 @@ def resolve_policy(spec: "Policy | str | Path | None", resolution: int) -> Polic
     if Path(text).exists() or Path(text).suffix in (".yaml", ".yml"):
         return Policy.load(text)
     try:
-        policy = Policy.preset(text)
+        return Policy.preset(text, resolution=resolution)
     except PolicyError as exc:
         raise PolicyError(f"policy {text!r} is not a file and not a preset ({exc}); give a policy "
                           "YAML file, a preset name, or 'none'") from None
-    if resolution != policy.resolution:
-        policy = dataclasses.replace(policy, resolution=resolution)
-    return policy
 
 
 # ----- graph pieces ------------------------------------------------------------------------------
@@ -437,22 +443,24 @@ def build_train_pipeline(data: "str | Path | ImageList", policy: Policy | None =
             from dra_dali.dali.compiler import augment
 
             images = augment(images, policy)
+        if recipe.cutout and recipe.cutout_before_normalize:
+            images = _apply_cutout(images, recipe, fill=0.0)          # uint8 HWC, black
         images = _normalize(images, recipe, mirror)
-        if recipe.cutout:
-            images = _apply_cutout(images, recipe)
+        if recipe.cutout and not recipe.cutout_before_normalize:
+            images = _apply_cutout(images, recipe, fill=0.0)          # normalised: the mean colour
         return images, _labels(labels, device)
 
     return train_pipeline()
 
 
-def _apply_cutout(images, recipe: PipelineRecipe):
+def _apply_cutout(images, recipe: PipelineRecipe, fill: float):
     from nvidia.dali import fn
     from nvidia.dali import math as dmath
 
     centre = fn.random.uniform(range=[0.0, float(recipe.size)], shape=[2])
     anchor = dmath.floor(centre) - recipe.cutout // 2
     return fn.erase(images, anchor=anchor, shape=[float(recipe.cutout)] * 2, axis_names="HW",
-                    fill_value=0.0)
+                    fill_value=fill)
 
 
 def build_val_pipeline(data: "str | Path | ImageList",

@@ -53,7 +53,7 @@ RUN_FILES = {
     "search": (CHECKPOINT, CONFIG, METRICS, OVERRIDES, "policy.yaml", "trajectories.png",
                "policy.png", "excluded_files.txt"),
     "train": (CHECKPOINT, CONFIG, METRICS, OVERRIDES, "summary.json", "policy.yaml",
-              "config.json", "excluded_files.txt", "tensorboard"),
+              "config.json", "excluded_files.txt", "tensorboard", "best.pt", "model.pt"),
 }
 
 

@@ -1,4 +1,4 @@
-"""Training with the DALI loader: single process or DDP under ``torchrun``, resumable.
+"""Training with the DALI loader: single process or DDP under ``torchrun``, resumable exactly.
 
 Example:
     >>> from dra_dali.train import TrainConfig, train
@@ -8,16 +8,8 @@ Example:
     >>> result.final["val_top1"]            # doctest: +SKIP
 """
 
-from dra_dali.train.checkpoint import load_checkpoint, save_checkpoint
 from dra_dali.train.config import TrainConfig, TrainError
-from dra_dali.train.loop import (
-           INTERRUPTED_EXIT,
-           RUN_FILES,
-           Loaders,
-           TrainResult,
-           resolve_policy,
-           train,
-)
+from dra_dali.train.trainer import INTERRUPTED_EXIT, RUN_FILES, Trainer, TrainResult, train
 
-__all__ = ["INTERRUPTED_EXIT", "Loaders", "RUN_FILES", "TrainConfig", "TrainError", "TrainResult",
-           "load_checkpoint", "resolve_policy", "save_checkpoint", "train"]
+__all__ = ["INTERRUPTED_EXIT", "RUN_FILES", "TrainConfig", "TrainError", "TrainResult", "Trainer",
+           "train"]

@@ -1,4 +1,5 @@
-"""The training configuration: one frozen record, written to ``config.json`` in the run directory."""
+"""The training configuration: one frozen record, written to ``config.yaml`` in the run directory
+(``dra-dali train --config RUN/config.yaml`` runs it again)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ from typing import Any
 
 from dra_dali.errors import DraDaliError
 
-__all__ = ["TrainConfig", "TrainError"]
+__all__ = ["TrainConfig", "TrainError", "valid_device"]
+
+
+def valid_device(device: str) -> bool:
+    """Whether ``device`` is one of the device words: auto, cpu, cuda, cuda:N."""
+    text = str(device)
+    return text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit())
 
 
 class TrainError(DraDaliError):
@@ -24,23 +31,27 @@ class TrainConfig:
     Attributes:
         data: training images (image folder ``root/<class>/*.jpg`` or a ``path label`` file list).
         val_data: validation images, same layout and the same classes as ``data``.
-        out: run directory (``config.json``, ``policy.yaml``, ``metrics.jsonl``,
-            ``checkpoint.pt``, ``summary.json``).
+        out: run directory (``config.yaml``, ``policy.yaml``, ``metrics.jsonl``,
+            ``checkpoint.pt``, ``best.pt``, ``model.pt``, ``summary.json``).
         policy: a policy file, a preset name (``ra-n2-m9``), or ``"none"`` (no augmentation
             beyond the pipeline's crop and flip).
         model: a :func:`dra_dali.models.create_model` name.
         epochs: training epochs.
         batch_size: images per step *per process* (the global batch is ``batch_size * world``).
-        lr: peak learning rate; ``None``: ``0.1 * global_batch / 128`` (the CIFAR rule the DRA
-            paper uses).
+        lr: peak learning rate; ``None``: ``0.1 * global_batch / lr_reference_batch``.
+        lr_reference_batch: the batch of the linear LR rule: 128 (the DRA authors' CIFAR rule),
+            256 for their ImageNet retraining.
         momentum: SGD (Nesterov) momentum.
         weight_decay: L2 decay of weights; norm layers and biases are never decayed.
-        warmup_epochs: linear warmup length from ``lr / 100`` (then cosine decay to 0).
+        warmup_epochs: linear warmup length (then cosine decay to 0).
+        warmup_start: the learning rate at the first step, as a fraction of ``lr`` (0.01; the
+            DRA authors' retraining warms up from 0).
         label_smoothing: cross-entropy label smoothing.
         pipeline: pipeline recipe around the policy (crop, flip, normalisation, image size): a
             name from ``pipelines/`` (``imagenet``, ``cifar``, ``demo``) or a YAML file.
         seed: seeds model init, data order and augmentation; same seed, same run.
-        device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"`` (the local rank's GPU) or
+            ``"cuda:N"``; DALI decodes and augments on the same device.
         amp: mixed precision on CUDA (ignored on CPU).
         workers: DALI CPU threads per process.
         max_steps: stop each epoch after this many steps (``None``: full epochs); for smoke runs.
@@ -54,9 +65,11 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 64
     lr: float | None = None
+    lr_reference_batch: int = 128
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: float = 1.0
+    warmup_start: float = 0.01
     label_smoothing: float = 0.1
     pipeline: str = "imagenet"
     seed: int = 0
@@ -73,31 +86,32 @@ class TrainConfig:
         for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "label_smoothing"):
             value = getattr(self, name)
             if isinstance(value, float) and not math.isfinite(value):
-                raise TrainError(f"{name} must be a finite number, got {value}")
+                raise TrainError(f"train.{name}: must be a finite number, got {value}")
         checks = [
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.lr is None or self.lr <= 10, f"lr must be at most 10, got {self.lr}"),
-            (self.weight_decay <= 1, f"weight_decay must be at most 1, got {self.weight_decay}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
-            (0 <= self.label_smoothing < 1,
-             f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
-            (self.device in ("auto", "cpu", "cuda"),
-             f"device must be auto, cpu or cuda, got {self.device!r}"),
-            (self.workers >= 1, f"workers must be >= 1, got {self.workers}"),
-            (self.max_steps is None or self.max_steps >= 1,
-             f"max_steps must be >= 1, got {self.max_steps}"),
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("lr", self.lr is None or self.lr <= 10, "at most 10"),
+            ("weight_decay", self.weight_decay <= 1, "at most 1"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("lr_reference_batch", self.lr_reference_batch >= 1, ">= 1"),
+            ("lr", self.lr is None or self.lr > 0, "> 0"),
+            ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"),
+            ("warmup_start", 0 <= self.warmup_start <= 1, "in [0, 1]"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
+            ("device", valid_device(self.device), "auto, cpu, cuda or cuda:N"),
+            ("workers", self.workers >= 1, ">= 1"),
+            ("max_steps", self.max_steps is None or self.max_steps >= 1, ">= 1"),
         ]
-        for ok, message in checks:
+        for name, ok, rule in checks:
             if not ok:
-                raise TrainError(message)
+                raise TrainError(f"train.{name}: must be {rule}, got {getattr(self, name)!r}")
 
     def peak_lr(self, world_size: int) -> float:
         """The peak learning rate for ``world_size`` processes (see ``lr``)."""
-        return self.lr if self.lr is not None else 0.1 * self.batch_size * world_size / 128
+        if self.lr is not None:
+            return self.lr
+        return 0.1 * self.batch_size * world_size / self.lr_reference_batch
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python form (JSON-ready)."""
@@ -113,8 +127,36 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise TrainError(f"unknown training configuration keys: {', '.join(unknown)}")
-        return cls(**data)
+            raise TrainError(f"unknown training configuration key(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(sorted(known))}")
+        missing = sorted(f.name for f in dataclasses.fields(cls)
+                         if f.default is dataclasses.MISSING and f.name not in data)
+        if missing:
+            raise TrainError(f"training configuration: missing {', '.join(missing)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise TrainError(f"training configuration: {exc}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **changes: Any) -> "TrainConfig":
+        """Read a configuration file (a run's ``config.yaml`` or one of your own), then apply
+        ``changes`` (``None`` values are ignored).
+
+        Raises:
+            TrainError: unreadable file, not a mapping, unknown keys or invalid values; the
+                message names the file.
+        """
+        from dra_dali.safe_yaml import load_yaml
+
+        data = load_yaml(Path(path), what="training configuration", error=TrainError)
+        if not isinstance(data, dict):
+            raise TrainError(f"{path}: expected a mapping of training settings")
+        merged = {**data, **{k: v for k, v in changes.items() if v is not None}}
+        try:
+            return cls.from_dict(merged)
+        except TrainError as exc:
+            raise TrainError(f"{path}: {exc}") from None
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with some fields changed (validated again)."""
