@@ -74,8 +74,11 @@ def test_cli_compare(embedded, tmp_path):
     bad = runner.invoke(main, ["compare", "--methods", "ra,nas", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 1 and "unknown ['nas']" in bad.output
     out = tmp_path / "cli"
-    result = runner.invoke(main, ["compare", "--methods", "ta", "--data", str(embedded.train),
-                                  "--val-data", str(embedded.val), "--out", str(out),
-                                  "--epochs", "1", "--max-steps", "1"])
+    # Faster AA and DAS: searched, compiled and trained from the command line.
+    result = runner.invoke(main, ["compare", "--methods", "faster-aa,das", "--data",
+                                  str(embedded.train), "--val-data", str(embedded.val),
+                                  "--out", str(out), "--search-epochs", "1", "--proxy-images",
+                                  "4", "--epochs", "1", "--max-steps", "1"])
     assert result.exit_code == 0, result.output
-    assert "| ta | 1 |" in result.output and (out / "results.md").is_file()
+    assert "| faster-aa | 1 |" in result.output and "| das | 1 |" in result.output
+    assert (out / "faster-aa" / "seed-0" / "train" / "summary.json").is_file()

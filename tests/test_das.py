@@ -147,3 +147,128 @@ def test_cifar_recipe_holds_the_supplement_settings():
     assert cfg.effective_lr == pytest.approx(0.1) and (cfg.weight_decay, cfg.cutout) == (1e-4, 16)
     assert (cfg.options.arch_lr, cfg.options.arch_weight_decay) == (3e-4, 1e-3)
     assert len([o for o in cfg.ops if o != "Identity"]) == 14 and "Contrast" not in cfg.ops
+
+
+# ----- the method end to end ----------------------------------------------------------------
+TINY = {"model": "resnet-tiny", "proxy_classes": 3, "images_per_class": 8, "resolution": 16,
+        "batch_size": 4, "epochs": 2, "crop_scale": [0.5, 1.0], "threads": 1, "method": "das",
+        "ops": ["Rotate", "Invert", "Brightness", "Posterize", "Identity"],
+        "das": {"perturb_per_step": 2}}
+
+
+def _cfg(data, **changes):
+    from dra_dali.search import SearchConfig
+
+    return SearchConfig.from_dict({**TINY, "data": str(data), **changes})
+
+
+def test_options_are_checked_by_name():
+    from dra_dali.search import ConfigError
+
+    with pytest.raises(ConfigError, match=r"das.select_epochs: must lie in \[1, epochs=2\]"):
+        _cfg("x", das={"select_epochs": 3})
+    with pytest.raises(ConfigError, match="das.max_ops: must be >= 1 or null"):
+        _cfg("x", das={"max_ops": 0})
+    with pytest.raises(ConfigError, match="DAS needs at least one transformation"):
+        _cfg("x", ops=["Identity"])
+
+
+def test_cli_search_writes_the_selected_transformations_and_plots(embedded, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from dra_dali.cli import main
+    from dra_dali.policy import Policy
+
+    out = tmp_path / "das"
+    args = ["search", "--data", str(embedded.train), "--out", str(out), "--method", "das",
+            "--epochs", "2", "--batch-size", "4"]
+    sets = [f"--set={k}={v}" for k, v in TINY.items() if k not in ("epochs", "batch_size",
+                                                                 "method", "das", "ops")]
+    sets += ["--set", "ops=[Rotate, Invert, Brightness]", "--set", "das.perturb_per_step=2"]
+    result = CliRunner().invoke(main, args + sets)
+    assert result.exit_code == 0, result.output
+    policy = Policy.load(out / "policy.yaml")
+    scores = policy.provenance["perturbation_scores"]
+    assert set(scores) == {"Rotate", "Invert", "Brightness"}
+    chosen = [name for name, s in sorted(scores.items(), key=lambda kv: -kv[1]) if s > 0]
+    assert list(policy.ops) == (chosen or ["Identity"])
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # Perturbation only in the last epoch: two candidates a step, in turn.
+    assert sum(history[1]["measured"]) == 0 and sum(history[2]["measured"]) > 0
+    # What the exported policy applies: theta_T for the selected transformations, else 0.
+    names = ["Rotate", "Invert", "Brightness"]
+    theta = dict(zip(names, history[2]["theta_t"]))
+    expected = [theta[n] if n in policy.ops and n != "Identity" else 0.0 for n in names]
+    assert history[2]["probabilities"] == [expected]
+    assert history[1]["probabilities"] == [[0.0, 0.0, 0.0]]
+    assert all((out / name).stat().st_size > 10_000 for name in ("trajectories.png", "policy.png"))
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(embedded, tmp_path):
+    from dra_dali.search import load_checkpoint, run_search
+
+    cfg = _cfg(embedded.train)
+    full = run_search(cfg, tmp_path / "full", progress=False)
+
+    def stop(epoch, metrics):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg, tmp_path / "cut", progress=False, on_epoch_end=stop)
+    resumed = run_search(cfg, tmp_path / "cut", resume=True, progress=False)
+    assert resumed.layers == full.layers and resumed.provenance["perturbation_scores"] == \
+        full.provenance["perturbation_scores"]
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["method"]["state"]
+    b = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["method"]["state"]
+    assert torch.equal(a["cell"]["tau"], b["cell"]["tau"])
+    assert torch.equal(a["perturb_sum"], b["perturb_sum"])
+
+
+# ----- the compiled policy against the numpy sampler ------------------------------------------
+N_DRAWS = 8000
+ALPHA = 1e-3
+
+
+def _das_policy(theta=(0.3, 0.55, 0.8)):
+    from dra_dali.policy import Policy
+
+    body = policy_body(("Rotate", "Invert", "Color"), [2, 0, 1], list(theta), [0.3, 0.0, 0.8],
+                       resolution=32, scale=1.0, fill=0)
+    return Policy.from_dict(body)
+
+
+@pytest.fixture(scope="module")
+def das_drawn():
+    import numpy as np
+
+    from dra_dali.dali import apply_policy
+
+    policy = _das_policy()
+    images = np.random.default_rng(1).integers(0, 256, (N_DRAWS, 4, 4, 3), dtype=np.uint8)
+    _, trace = apply_policy(policy, images, seed=5, trace=True, batch_size=1000)
+    return policy, trace, policy.sample(N_DRAWS, seed=6)
+
+
+def test_compiled_chain_applies_each_selected_transformation_with_theta(das_drawn):
+    import numpy as np
+    from scipy import stats
+
+    policy, trace, ref = das_drawn
+    assert list(policy.ops) == ["Color", "Rotate", "Invert"]
+    for layer in range(3):
+        assert np.all(trace.op[:, layer] == layer) and np.all(ref.op[:, layer] == layer)
+        theta = policy.layers[layer].op_apply_prob[layer]
+        hits = int(trace.applied[:, layer].sum())
+        assert stats.binomtest(hits, N_DRAWS, theta).pvalue > ALPHA
+        table = [[hits, N_DRAWS - hits], [int(ref.applied[:, layer].sum()),
+                                          N_DRAWS - int(ref.applied[:, layer].sum())]]
+        assert stats.chi2_contingency(table).pvalue > ALPHA
+        assert stats.binomtest(hits, N_DRAWS, theta + 0.05).pvalue < ALPHA          # power
+    np.testing.assert_allclose(trace.magnitude[:, 0], 0.8, atol=1e-6)            # Color
+    np.testing.assert_allclose(trace.magnitude[:, 1], 0.3, atol=1e-6)            # Rotate
+    np.testing.assert_allclose(trace.magnitude[:, 2], 0.0, atol=1e-6)            # Invert
+    minus = int((trace.sign[:, 1] == -1).sum())
+    assert stats.binomtest(minus, N_DRAWS, 0.5).pvalue > ALPHA

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -110,6 +111,9 @@ def test_policy_body_reproduces_the_searched_parameters():
     policy = FasterAAPolicy(("Rotate", "Invert", "Contrast"), sub_policies=3, stages=2,
                             resolution=32, fill=0, generator=_gen(4))
     snap = policy.snapshot()
+    # Per stage: the chance each operator is chosen and applied, sub-policies drawn uniformly.
+    expected = (np.array(snap["op_weights"]) * np.array(snap["apply_prob"])).mean(axis=0)
+    np.testing.assert_allclose(snap["probabilities"], expected, atol=1e-6)
     body = policy_body(snap, policy.ops, resolution=32, scale=1.0, fill=0)
     assert body["format"] == "dra-policy/2" and body["fill"] == 0
     assert len(body["subpolicies"]) == 3
@@ -164,3 +168,149 @@ def test_cifar_recipe_holds_the_authors_settings():
     assert (opts.sub_policies, opts.stages, opts.temperature, opts.chunks) == (10, 2, 0.05, 8)
     assert (opts.cls_factor, opts.gp_factor, opts.policy_lr, opts.critic_lr) == \
         (0.1, 10.0, 1e-3, 1e-3)
+
+
+# ----- the method end to end ----------------------------------------------------------------
+TINY = {"model": "resnet-tiny", "proxy_classes": 3, "images_per_class": 8, "resolution": 16,
+        "batch_size": 4, "epochs": 2, "crop_scale": [0.5, 1.0], "threads": 1,
+        "method": "faster-aa", "ops": ["Rotate", "Invert", "Brightness", "Posterize"],
+        "faster-aa": {"sub_policies": 3, "chunks": 2}}
+
+
+def _cfg(data, **changes):
+    from dra_dali.search import SearchConfig
+
+    return SearchConfig.from_dict({**TINY, "data": str(data), **changes})
+
+
+def test_options_are_checked_by_name():
+    from dra_dali.search import ConfigError
+
+    with pytest.raises(ConfigError, match="faster-aa.stages: must be >= 1"):
+        _cfg("x", **{"faster-aa": {"stages": 0}})
+    with pytest.raises(ConfigError, match="faster-aa.temperature: must be > 0"):
+        _cfg("x", **{"faster-aa": {"temperature": 0.0}})
+
+
+def test_cli_search_writes_a_subpolicy_policy_and_plots(embedded, tmp_path):
+    from click.testing import CliRunner
+
+    from dra_dali.cli import main
+    from dra_dali.policy import Policy
+
+    out = tmp_path / "faa"
+    args = ["search", "--data", str(embedded.train), "--out", str(out), "--method", "faster-aa",
+            "--epochs", "1", "--batch-size", "4"]
+    sets = [f"--set={k}={v}" for k, v in TINY.items() if k not in ("epochs", "batch_size",
+                                                                 "method", "faster-aa")]
+    result = CliRunner().invoke(main, args + sets + ["--set", "faster-aa.sub_policies=3",
+                                                     "--set", "faster-aa.chunks=2"])
+    assert result.exit_code == 0, result.output
+    policy = Policy.load(out / "policy.yaml")
+    assert policy.provenance["method"] == "faster-aa"
+    assert len(policy.subpolicies) == 3
+    assert all((out / name).stat().st_size > 10_000 for name in ("trajectories.png", "policy.png"))
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert np.asarray(history[1]["op_weights"]).shape == (3, 2, 4)
+    assert {"wasserstein", "gradient_penalty", "policy_ce"} <= set(history[1])
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(embedded, tmp_path):
+    from dra_dali.search import load_checkpoint, run_search
+
+    cfg = _cfg(embedded.train)
+    full = run_search(cfg, tmp_path / "full", progress=False)
+
+    def stop(epoch, metrics):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg, tmp_path / "cut", progress=False, on_epoch_end=stop)
+    resumed = run_search(cfg, tmp_path / "cut", resume=True, progress=False)
+    assert resumed.subpolicies == full.subpolicies
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    head_a, head_b = a["method"]["state"]["critic"]["head"], b["method"]["state"]["critic"]["head"]
+    assert all(torch.equal(head_a[k], head_b[k]) for k in head_a)
+
+
+# ----- the compiled policy against the numpy sampler ------------------------------------------
+N_DRAWS = 12_000
+ALPHA = 1e-3
+
+
+def _faa_policy(weights=None):
+    from dra_dali.policy import Policy
+
+    # Temperature 1 keeps every operator likely enough for the chi-square cells.
+    module = FasterAAPolicy(("Rotate", "Brightness", "Invert", "Posterize"), sub_policies=3,
+                            stages=2, resolution=32, fill=0, temperature=1.0, generator=_gen(11))
+    body = policy_body(module.snapshot(), module.ops, resolution=32, scale=1.0, fill=0)
+    if weights is not None:
+        for sub, weight in zip(body["subpolicies"], weights):
+            sub["weight"] = weight
+    return Policy.from_dict(body)
+
+
+@pytest.fixture(scope="module")
+def faa_drawn():
+    from dra_dali.dali import apply_policy
+
+    policy = _faa_policy()
+    images = np.random.default_rng(0).integers(0, 256, (N_DRAWS, 4, 4, 3), dtype=np.uint8)
+    _, trace = apply_policy(policy, images, seed=3, trace=True, batch_size=1000)
+    return policy, trace, policy.sample(N_DRAWS, seed=4)
+
+
+def _table(*draws, key):
+    """Contingency table: rows = the draws, columns = the observed values of ``key(draw)``."""
+    values = [key(d) for d in draws]
+    cells = sorted(set(np.concatenate(values).tolist()))
+    return np.array([[np.sum(v == c) for c in cells] for v in values])
+
+
+def test_compiled_subpolicy_and_operator_draws_match_the_sampler(faa_drawn):
+    policy, trace, ref = faa_drawn
+    for stage in range(2):
+        def joint(d, stage=stage):
+            return d.subpolicy * 10 + d.op[:, stage]
+        p = stats.chi2_contingency(_table(trace, ref, key=joint)).pvalue
+        assert p > ALPHA, f"stage {stage}: p = {p:.2e}"
+    # power: the same trace rejects sub-policy weights 0.6 / 0.2 / 0.2
+    skewed = _faa_policy([0.6, 0.2, 0.2]).sample(N_DRAWS, seed=4)
+    assert stats.chi2_contingency(_table(trace, skewed, key=lambda d: d.subpolicy)).pvalue < 1e-6
+
+
+def test_compiled_apply_rates_follow_each_operators_probability(faa_drawn):
+    policy, trace, ref = faa_drawn
+    for stage in range(2):
+        def cell(d, stage=stage):
+            return (d.subpolicy * 10 + d.op[:, stage]) * 2 + d.applied[:, stage]
+        p = stats.chi2_contingency(_table(trace, ref, key=cell)).pvalue
+        assert p > ALPHA, f"stage {stage}: p = {p:.2e}"
+    sub, stage = 0, 1
+    layer = policy.subpolicies[sub].layers[stage]
+    for i, q in enumerate(layer.op_apply_prob):
+        rows = (trace.subpolicy == sub) & (trace.op[:, stage] == i)
+        if rows.sum() < 50:
+            continue
+        hits = int(trace.applied[rows, stage].sum())
+        assert stats.binomtest(hits, int(rows.sum()), q).pvalue > ALPHA, policy.ops[i]
+        wrong = min(q + 0.2, 1.0) if q < 0.7 else q - 0.2                  # power
+        assert stats.binomtest(hits, int(rows.sum()), wrong).pvalue < ALPHA, policy.ops[i]
+
+
+def test_compiled_magnitudes_are_the_searched_fixed_values(faa_drawn):
+    policy, trace, _ = faa_drawn
+    for sub, entry in enumerate(policy.subpolicies):
+        for stage, layer in enumerate(entry.layers):
+            for i, name in enumerate(policy.ops):
+                rows = (trace.subpolicy == sub) & (trace.op[:, stage] == i)
+                expected = 0.0 if name == "Invert" else layer.magnitudes[i].mean
+                np.testing.assert_allclose(trace.magnitude[rows, stage], expected, atol=1e-6)
+    signed = np.isin(trace.op[:, 0], [0, 1])                     # Rotate, Brightness
+    minus = int((trace.sign[signed, 0] == -1).sum())
+    assert stats.binomtest(minus, int(signed.sum()), 0.5).pvalue > ALPHA

@@ -312,11 +312,16 @@ class DAS(SearchMethod):
         self.perturb_cursor = int(state["perturb_cursor"])
 
     def snapshot(self) -> dict[str, Any]:
+        """``theta_t``, ``magnitude``, ``perturbation`` (scores), ``measured`` (counts) per
+        candidate, and ``probabilities`` ``(1, K)``: the chance that the policy exported now
+        applies each candidate (``theta_T`` if selected, else 0), as the sanity protocol reads."""
         with torch.no_grad():
-            return {"theta_t": self.cell.theta()[:, TRANSFORM].cpu().tolist(),
-                    "magnitude": self.cell.magnitude.clamp(0, self.cell.scale).cpu().tolist(),
-                    "perturbation": self.scores(),
-                    "measured": self.perturb_count.tolist()}
+            theta_t = self.cell.theta()[:, TRANSFORM].cpu().tolist()
+        chosen = set(self._chosen())
+        return {"theta_t": theta_t,
+                "magnitude": self.cell.magnitude.detach().clamp(0, self.cell.scale).cpu().tolist(),
+                "perturbation": self.scores(), "measured": self.perturb_count.tolist(),
+                "probabilities": [[t if k in chosen else 0.0 for k, t in enumerate(theta_t)]]}
 
     def _chosen(self) -> list[int]:
         return select(self.scores(), self.perturb_count.tolist(), self.cell.candidates,
@@ -335,8 +340,11 @@ class DAS(SearchMethod):
 
     def plots(self, history: Sequence[Mapping[str, Any]], policy: Policy,
               out_dir: Path) -> list[Path]:
+        from dra_dali.viz import plot_policy
+
         panels = {"theta_t": "theta_T (weight of T vs Identity)", "magnitude": "magnitude",
                   "perturbation": "perturbation score L(I) - L(T)"}
         return [plot_op_trajectories(history, panels, self.cell.candidates,
                                      out_dir / "trajectories.png",
-                                     "DAS mixed operations (perturbation: > 0 selects T)")]
+                                     "DAS mixed operations (perturbation: > 0 selects T)"),
+                plot_policy(policy, out_dir / "policy.png", title="DAS: selected transformations")]

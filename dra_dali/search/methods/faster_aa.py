@@ -144,11 +144,15 @@ class FasterAAPolicy(nn.Module):
 
     def snapshot(self) -> dict[str, Any]:
         """The parameters as plain lists ``(sub_policies, stages, ops)``: operator weights
-        (probabilities), apply probabilities, magnitudes."""
+        (probabilities), apply probabilities, magnitudes; and ``probabilities``
+        ``(stages, ops)``: the chance that the exported policy applies each operator at each
+        stage (sub-policies drawn uniformly), the per-layer view the sanity protocol reads."""
         with torch.no_grad():
-            return {"op_weights": self.op_weights().cpu().tolist(),
-                    "apply_prob": self.probability.clamp(0, 1).cpu().tolist(),
-                    "magnitude": self.magnitude.clamp(0, self.scale).cpu().tolist()}
+            weights = self.op_weights()
+            apply = self.probability.clamp(0, 1)
+            return {"op_weights": weights.cpu().tolist(), "apply_prob": apply.cpu().tolist(),
+                    "magnitude": self.magnitude.clamp(0, self.scale).cpu().tolist(),
+                    "probabilities": (weights * apply).mean(dim=0).cpu().tolist()}
 
 
 def policy_body(snapshot: dict[str, Any], ops: Sequence[str], *, resolution: int, scale: float,
@@ -390,9 +394,12 @@ class FasterAA(SearchMethod):
 
     def plots(self, history: Sequence[Mapping[str, Any]], policy: Policy,
               out_dir: Path) -> list[Path]:
+        from dra_dali.viz import plot_policy
+
         panels = {"op_weights": "operator weight", "apply_prob": "apply probability",
                   "magnitude": "magnitude"}
         return [plot_op_trajectories(
             history, panels, self.policy.ops, out_dir / "trajectories.png",
             f"Faster AutoAugment parameters (mean over {self.policy.sub_policies} sub-policies "
-            f"x {self.policy.stages} stages)")]
+            f"x {self.policy.stages} stages)"),
+            plot_policy(policy, out_dir / "policy.png", title="searched Faster AutoAugment policy")]
