@@ -1,13 +1,16 @@
 """Where the shipped recipes live: ``search/*.yaml`` and ``pipelines/*.yaml``.
 
 In a checkout (or an editable install) they are the folders at the repository top; a regular
-``pip install`` puts copies into ``<prefix>/share/dra-dali/``; ``$DRA_DALI_RECIPES`` (a folder
-holding ``search/`` and ``pipelines/``) comes first when set. One lookup serves every command.
+``pip install`` (or a wheel) puts copies into ``<prefix>/share/dra-dali/``, ``pip install
+--user`` into ``<user base>/share/dra-dali/`` (``python -m site --user-base``);
+``$DRA_DALI_RECIPES`` (a folder holding ``search/`` and ``pipelines/``) comes first when set.
+One lookup serves every command.
 """
 
 from __future__ import annotations
 
 import os
+import site
 import sys
 from pathlib import Path
 from typing import Literal
@@ -29,6 +32,7 @@ def recipe_dirs(kind: RecipeKind) -> list[Path]:
         candidates.append(Path(os.environ["DRA_DALI_RECIPES"]) / kind)
     candidates.append(Path(__file__).resolve().parents[1] / kind)   # checkout / editable install
     candidates.append(Path(sys.prefix) / "share" / "dra-dali" / kind)  # regular install
+    candidates.append(Path(site.getuserbase()) / "share" / "dra-dali" / kind)  # --user install
     return [p for p in candidates if p.is_dir()]
 
 

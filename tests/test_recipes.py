@@ -1,5 +1,6 @@
 """Recipe lookup: names resolve in the checkout, in an installed prefix and via the environment."""
 
+import site
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ def test_installed_prefix_and_environment(tmp_path, monkeypatch):
     fake_module = tmp_path / "site-packages" / "dra_dali" / "recipes.py"
     monkeypatch.setattr(recipes, "__file__", str(fake_module))
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "prefix"))
+    monkeypatch.setattr(site, "getuserbase", lambda: str(tmp_path / "user"))
     assert recipe_dirs("pipelines") == []
     shared = tmp_path / "prefix" / "share" / "dra-dali" / "pipelines"
     shared.mkdir(parents=True)
@@ -54,3 +56,18 @@ def test_search_and_pipeline_recipes_load_by_name():
         SearchConfig.from_recipe("imagenet")
     with pytest.raises(RecipeError, match="no pipeline recipe 'tiny'.*cifar"):
         load_recipe("tiny")
+
+
+def test_user_install_finds_its_recipes(tmp_path, monkeypatch):
+    """``pip install --user`` puts the data files under the user base, not sys.prefix."""
+    import dra_dali.recipes as recipes
+
+    monkeypatch.setattr(recipes, "__file__", str(tmp_path / "site" / "dra_dali" / "recipes.py"))
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "prefix"))
+    monkeypatch.setattr(site, "getuserbase", lambda: str(tmp_path / "user"))
+    monkeypatch.delenv("DRA_DALI_RECIPES", raising=False)
+    assert find_recipe("pipelines", "cifar") is None
+    user = tmp_path / "user" / "share" / "dra-dali" / "pipelines"
+    user.mkdir(parents=True)
+    (user / "cifar.yaml").write_text("size: 32\n")
+    assert find_recipe("pipelines", "cifar") == user / "cifar.yaml"

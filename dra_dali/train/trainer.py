@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from dra_dali.data import FileGuard
 from dra_dali.errors import DraDaliError
 from dra_dali.policy import Policy
 from dra_dali.runtime import RunDir, StopSignals, load_checkpoint, rng_state, set_rng_state
@@ -163,6 +164,8 @@ class Trainer:
             from dra_dali.train.data import DaliLoaders
 
             self.loaders = DaliLoaders(config, self.policy, info, recipe)
+        images = getattr(self.loaders, "train_images", None)   # DALI loaders: guard their files
+        self.files = FileGuard(images) if images is not None else None
         torch.manual_seed(config.seed)  # same initial weights on every process
         self.model = create_model(config.model, num_classes=self.loaders.num_classes)
         self.model = self.model.to(info.device)
@@ -236,14 +239,26 @@ class Trainer:
         """The epoch's training batches from ``start_step`` on: ``(step, batch, weight)``. The one
         place where the loop fetches data. A process whose shard ran out before the others gets
         its previous batch again with weight 0, so every process takes the same steps (DDP)."""
+        if self.files is not None:
+            self.files.check_epoch_start()  # a replaced, broken file is named before DALI reads it
         iterator = iter(self.loaders.train(epoch))
         last = None
         for step in range(self.start_step, self.steps_per_epoch):
-            batch, weight = next(iterator, None), 1.0
+            batch, weight = self._next(iterator), 1.0
             if batch is None:
                 batch, weight = last, 0.0
             last = batch
             yield step, batch, weight
+
+    def _next(self, iterator: Iterator[Any]) -> Any:
+        try:
+            return next(iterator, None)
+        except RuntimeError as exc:  # a DALI decoder failure names no file: name it
+            if self.files is None:
+                raise
+            raise self.files.failure(exc, f"the last checkpoint in {self.config.out} is kept; fix "
+                                          "or remove the file(s), then continue with resume") \
+                from None
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor, weight: float,
               sums: torch.Tensor) -> torch.Tensor:
