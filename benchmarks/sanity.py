@@ -192,7 +192,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the runs and results")
-    parser.add_argument("--data", default=None, help="image folder (default: the embedded data)")
+    parser.add_argument("--data", default=None,
+                        help="image folder, or 'digits' (scikit-learn's digits at 32 px, "
+                        "orientation-sensitive); default: the embedded data")
     parser.add_argument("--methods", default="ddas,dra")
     parser.add_argument("--transforms", default="Rotate90,Invert",
                         help=f"comma-separated, of {', '.join(TRANSFORMS)}")
@@ -206,10 +208,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         help="DDAS's validation batch (the paper: 8x the training batch)")
     parser.add_argument("--jobs", type=int, default=1, help="searches run in parallel")
     args = parser.parse_args(argv)
-    if args.data is None:
-        from dra_dali.data import embedded_dataset
+    if args.data in (None, "digits"):
+        from dra_dali.data import digits_dataset, embedded_dataset
 
-        args.data = str(embedded_dataset().train)
+        args.data = str((digits_dataset() if args.data else embedded_dataset()).train)
     transforms = args.transforms.split(",")
     unknown = [t for t in transforms if t not in TRANSFORMS]
     if unknown:

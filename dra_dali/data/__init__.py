@@ -12,6 +12,7 @@ from dra_dali.data.accept import (
     recheck_changed,
 )
 from dra_dali.data.checks import DataReport, Problem, check_data
+from dra_dali.data.digits import digits_dataset
 from dra_dali.data.embedded import (
     EMBEDDED_CLASSES,
     EmbeddedDataset,
@@ -24,4 +25,4 @@ __all__ = ["Accepted", "FileGuard", "DataReport", "Problem", "accept_images", "c
            "check_headers",
            "decode_rgb", "name_culprits", "recheck_changed", "DataError", "EMBEDDED_CLASSES",
            "EXCLUDED_FILE", "EmbeddedDataset", "IMAGE_EXTENSIONS", "ImageList", "MAX_CLASSES",
-           "default_cache_dir", "embedded_dataset", "scan_images"]
+           "default_cache_dir", "digits_dataset", "embedded_dataset", "scan_images"]

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -156,13 +157,7 @@ def embedded_dataset(cache_dir: str | Path | None = None) -> EmbeddedDataset:
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root = cache / f"embedded-v{_VERSION}"
     classes = tuple(sorted(c[0] for c in EMBEDDED_CLASSES))
-    if not (root / "dataset.json").is_file():
-        try:
-            _materialise(cache, root)
-        except OSError as exc:
-            raise DataError(f"{cache}: cannot build the embedded dataset there "
-                            f"({exc.strerror or exc}); set DRA_DALI_CACHE to a writable "
-                            "folder") from None
+    materialise_cached(cache, root, _build, "the embedded dataset")
     return EmbeddedDataset(root=root, train=root / "train", val=root / "val", classes=classes)
 
 
@@ -181,12 +176,25 @@ def _remove_stale(root: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def _materialise(cache: Path, root: Path) -> None:
+def materialise_cached(cache: Path, root: Path, build: Callable[[Path], None],
+                       what: str) -> None:
+    """Build a cached dataset at ``root`` with ``build(folder)`` unless ``root/dataset.json``
+    exists (shared by the embedded and the digits datasets)."""
+    if (root / "dataset.json").is_file():
+        return
+    try:
+        _materialise(cache, root, build)
+    except OSError as exc:
+        raise DataError(f"{cache}: cannot build {what} there ({exc.strerror or exc}); "
+                        "set DRA_DALI_CACHE to a writable folder") from None
+
+
+def _materialise(cache: Path, root: Path, build: Callable[[Path], None]) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     _remove_stale(root)
     tmp = Path(tempfile.mkdtemp(prefix=".embedded-", dir=cache))
     try:
-        _build(tmp)
+        build(tmp)
         try:
             tmp.rename(root)
         except OSError:  # another process finished first; use its copy
