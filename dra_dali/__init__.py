@@ -3,8 +3,8 @@
 Example:
     >>> from dra_dali import Policy, OPS
     >>> policy = Policy.preset("dra-imagenet-resnet-50")
-    >>> policy.ops == tuple(OPS)
-    True
+    >>> set(policy.ops) <= set(OPS), len(policy.ops)
+    (True, 16)
 """
 
 from dra_dali.ops import OPS

@@ -279,10 +279,12 @@ def _write_outputs(result: CompareResult) -> None:
     from dra_dali.runtime import atomic_write
 
     budget = asdict(result.budget)
-    note = (f"Budget: search recipe {budget['search_recipe']!r}, {budget['search_epochs']} search "
-            f"epochs; {budget['model']}, {budget['train_epochs']} training epochs, batch "
-            f"{budget['batch_size']}, pipeline {budget['pipeline']!r}; seeds 0-{result.seeds - 1}"
-            "; mean ± half the range over the seeds.")
+    steps = f" (at most {budget['max_steps']} steps each)" if budget["max_steps"] else ""
+    note = (f"Budget: search recipe {budget['search_recipe']!r}, {budget['images_per_class']} "
+            f"proxy images per class, {budget['search_epochs']} search epochs; {budget['model']}, "
+            f"{budget['train_epochs']} training epochs{steps}, batch {budget['batch_size']}, "
+            f"pipeline {budget['pipeline']!r}; seeds 0-{result.seeds - 1}; mean ± half the range "
+            "over the seeds.")
     atomic_write(result.out / "results.md", f"{result.table()}\n\n{note}\n")
     _write_json(result.out / "compare.json",
                 {"budget": budget, "seeds": result.seeds, "methods": result.methods,

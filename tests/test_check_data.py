@@ -204,3 +204,25 @@ def test_decode_rgb_refuses_unusable_files_before_decoding(bad_folder):
     assert [p.shape[2] for p in pixels] == [3, 3] and pixels[0].dtype == np.uint8
     with pytest.raises(DataError, match=r"(?s)2 unusable image file\(s\):.*a/corrupt.jpg: corrupt"):
         decode_rgb([good, bad_folder / "a/corrupt.jpg", bad_folder / "a/empty.jpg"])
+
+
+def test_file_guard_names_replaced_files_at_epoch_start_and_after_a_decoder_failure(tmp_path,
+                                                                                    embedded):
+    from dra_dali.data import FileGuard, scan_images
+
+    source = sorted((embedded.val / "cat").glob("*.jpg"))[:2]
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for src in source:
+            shutil.copy(src, tmp_path / cls / src.name)
+    guard = FileGuard(scan_images(tmp_path), "resume it")
+    guard.check_epoch_start()
+    victim = tmp_path / "a" / source[0].name
+    victim.write_bytes(b"\xff\xd8\xff\xe0junk")
+    with pytest.raises(DataError, match=r"(?s)1 file\(s\) replaced since the run started.*"
+                                        r"a/cat_0000.jpg: truncated.*\nresume it$"):
+        guard.check_epoch_start()
+    error = guard.failure(RuntimeError("nvImageCodec failure: '#4'\nC++ context"))
+    message = str(error)
+    assert "the decoder failed (nvImageCodec failure: '#4')" in message      # all files checked
+    assert f"{victim}: truncated" in message and message.endswith("\nresume it")

@@ -163,3 +163,47 @@ def test_data_with_an_unreadable_file_is_refused_naming_it(tmp_path, embedded):
     assert result.exit_code == 1
     assert f"{data / 'cat' / 'zero.jpg'}: empty" in result.stderr
     assert not (tmp_path / "out" / "pipeline.dali").exists()
+
+
+def _scheduled_policy() -> Policy:
+    bodies = []
+    for name in ("ra-n1-m9", "rastar-n2-m10"):
+        body = Policy.preset(name, resolution=32).to_dict()
+        body.pop("format"), body.pop("provenance", None)
+        bodies.append(body)
+    return Policy.from_dict({"format": "dra-policy/2", "schedule": [
+        {"start_epoch": 0, "policy": bodies[0]}, {"start_epoch": 3, "policy": bodies[1]}]})
+
+
+def test_a_schedule_compiles_into_one_pipeline_per_entry(tmp_path, embedded):
+    policy = _scheduled_policy()
+    path = policy.save(tmp_path / "schedule.yaml")
+    result = CliRunner().invoke(
+        main, ["compile", str(path), "--out", str(tmp_path / "c"), "--device", "cpu",
+               "--data", str(embedded.val), "--pipeline", "demo", "--batch-size", "8"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "c"
+    for start, entry in zip((0, 3), policy.schedule):
+        folder = out / f"epoch-{start:03d}"
+        assert (folder / "pipeline.dali").is_file() and (folder / "preview.png").is_file()
+        assert Policy.load(folder / "policy.yaml") == entry.policy
+    summary = (out / "summary.txt").read_text()
+    assert "changes at epochs [3]" in summary
+    assert "epochs 0-2: epoch-000/" in summary and "epochs 3-on: epoch-003/" in summary
+    assert Policy.load(out / "policy.yaml") == policy
+
+
+def test_a_format2_summary_shows_gate_and_levels(tmp_path, embedded):
+    body = Policy.preset("ra-n1-m9", resolution=32).to_dict()
+    body.pop("provenance", None)
+    body.update(format="dra-policy/2", gate=0.4)
+    levels = {"dist": "categorical", "levels": [0.2, 0.6], "probs": [0.25, 0.75]}
+    body["layers"][0] = {"logits": body["layers"][0]["logits"],
+                         "magnitude": [levels] * len(body["ops"])}
+    path = Policy.from_dict(body).save(tmp_path / "p.yaml")
+    result = CliRunner().invoke(
+        main, ["compile", str(path), "--out", str(tmp_path / "c"), "--device", "cpu",
+               "--data", str(embedded.val), "--pipeline", "demo", "--batch-size", "8"])
+    assert result.exit_code == 0, result.output
+    summary = (tmp_path / "c" / "summary.txt").read_text()
+    assert "gate 0.4" in summary and "levels 0.2:0.25 0.6:0.75" in summary

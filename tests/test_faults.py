@@ -524,3 +524,26 @@ def test_kill_loop_train_loses_nothing(tmp_path, embedded):
 
     reports = _kill_loop(args, tmp_path, kills=20, window=window, check=check)
     print(f"train kill loop: {reports}; working time of one run {window:.1f} s")
+
+
+def test_item3_a_file_replaced_mid_run_is_named_and_the_checkpoint_kept(tmp_path, embedded):
+    from dra_dali.runtime import load_checkpoint
+    from dra_dali.train import TrainConfig, train
+
+    for split, count in (("train", 8), ("val", 4)):
+        for name in embedded.classes[:2]:
+            (tmp_path / split / name).mkdir(parents=True)
+            for f in sorted((getattr(embedded, split) / name).iterdir())[:count]:
+                shutil.copy(f, tmp_path / split / name / f.name)
+    victim = sorted((tmp_path / "train" / embedded.classes[0]).iterdir())[3]
+
+    def replace_during_second_epoch(epoch: int, step: int, labels) -> None:
+        if (epoch, step) == (1, 0):
+            victim.write_text("this is not a picture\n")
+
+    config = TrainConfig(data=str(tmp_path / "train"), val_data=str(tmp_path / "val"),
+                         out=str(tmp_path / "run"), policy="none", pipeline="demo", epochs=4,
+                         batch_size=4, workers=1, lr=0.05)
+    with pytest.raises(DataError, match=rf"(?s){victim}: not-an-image.*continue with resume"):
+        train(config, progress=False, batch_hook=replace_during_second_epoch)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] >= 1

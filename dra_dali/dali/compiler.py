@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -239,8 +240,8 @@ def _apply_layer(images, policy: Policy, j: int, layer: LayerDraws, interpolatio
     return images
 
 
-def augment(images: DataNode, policy: Policy, trace: bool = False, seed: int | None = None,
-            interpolation: str = "linear"):
+def augment(images: DataNode, policy: "Policy | str | Path", trace: bool = False,
+            seed: int | None = None, interpolation: str = "linear"):
     """Apply ``policy`` to a batch of uint8 HWC images inside a DALI pipeline definition.
 
     Call it inside your own ``@pipeline_def(enable_conditionals=True)``; the images may live on
@@ -250,7 +251,9 @@ def augment(images: DataNode, policy: Policy, trace: bool = False, seed: int | N
 
     Args:
         images: uint8 HWC DataNode (``cpu`` or ``gpu``), e.g. the output of a decoder or crop.
-        policy: the :class:`~dra_dali.Policy` to apply.
+        policy: the :class:`~dra_dali.Policy` to apply, a policy file, or a preset name
+            (``"rand-m9-mstd0.5"``, ``"dra-imagenet-resnet-50"``; made at the preset's own
+            resolution: use ``Policy.preset(name, resolution=...)`` for another image size).
         trace: also return an :class:`AugmentTrace` with the draws per image and layer.
         seed: optional seed for the random operators (default: derived from the pipeline seed).
         interpolation: ``"linear"`` (bilinear, as DALI's rand_augment and the torch search
@@ -272,9 +275,7 @@ def augment(images: DataNode, policy: Policy, trace: bool = False, seed: int | N
     if not isinstance(images, DataNode):
         raise TypeError(f"augment: images must be a DALI DataNode (uint8 HWC), got "
                         f"{type(images).__name__}; call augment inside a @pipeline_def")
-    if not isinstance(policy, Policy):
-        raise TypeError(f"augment: policy must be a dra_dali.Policy (Policy.load(path) or "
-                        f"Policy.preset(name)), got {type(policy).__name__}")
+    policy = _as_policy(policy)
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"augment: interpolation must be one of {sorted(INTERPOLATIONS)}, got "
                          f"{interpolation!r}")
@@ -286,6 +287,16 @@ def augment(images: DataNode, policy: Policy, trace: bool = False, seed: int | N
     stacked = [fn.stack(*[getattr(layer, f) for layer in drawn.layers])
                for f in ("op", "sign", "magnitude", "applied", "level")]
     return images, AugmentTrace(*stacked, subpolicy=drawn.subpolicy, gate=drawn.gate)
+
+
+def _as_policy(policy: "Policy | str | Path") -> Policy:
+    """A Policy as it is; a path to an existing file loaded; any other text as a preset name."""
+    if isinstance(policy, Policy):
+        return policy
+    if isinstance(policy, (str, Path)):
+        return Policy.load(policy) if Path(policy).is_file() else Policy.preset(str(policy))
+    raise TypeError(f"augment: policy must be a dra_dali.Policy, a policy file or a preset name, "
+                    f"got {type(policy).__name__}")
 
 
 def _checked_images(images) -> list[np.ndarray]:

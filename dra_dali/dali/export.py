@@ -39,6 +39,7 @@ from dra_dali.dali.pipelines import (
 from dra_dali.data import ImageList, check_headers, embedded_dataset
 from dra_dali.ops import OPS
 from dra_dali.policy import Policy
+from dra_dali.viz import describe
 
 __all__ = ["CompileResult", "compile_policy", "graph_operators", "placement_problems",
            "render_preview"]
@@ -142,6 +143,9 @@ def render_preview(pipe, path: Path, images: int, samples: int, cell: int = 96) 
 
 
 def _policy_lines(policy: Policy) -> list[str]:
+    if policy.format != "dra-policy/1":
+        # gates, per-operator apply probabilities, level bins, sub-policies: the `show` tables
+        return describe(policy).splitlines()
     lo, hi = policy.apply_prob
     p_apply = (lo + hi) / 2
     lines = [f"apply probability per layer: p ~ U({lo:g}, {hi:g}), mean {p_apply:.3f}",
@@ -166,6 +170,30 @@ def _policy_lines(policy: Policy) -> list[str]:
                 mag = f"{layer.mean[i]:6.3f} {layer.std[i]:6.3f}"
             lines.append(f"  {name:<14} {probs[i]:7.4f} {probs[i] * p_apply:8.4f} {mag}")
     return lines
+
+
+def _compile_schedule(policy: Policy, out: Path, **options: Any) -> CompileResult:
+    """One DALI graph holds one policy: a scheduled policy compiles into one folder per schedule
+    entry (``epoch-005/pipeline.dali``, ...), and ``summary.txt`` says which folder serves which
+    epochs. ``DALILoader`` and ``dra-dali train`` switch between them at the boundaries."""
+    entries = policy.schedule
+    results = []
+    lines = [f"dra-dali compiled schedule: {len(entries)} pipelines, one per schedule entry; "
+             f"the active policy changes at epochs {list(policy.schedule_boundaries)}"]
+    for i, entry in enumerate(entries):
+        folder = out / f"epoch-{entry.start_epoch:03d}"
+        results.append(compile_policy(entry.policy, folder, **options))
+        end = f"{entries[i + 1].start_epoch - 1}" if i + 1 < len(entries) else "on"
+        lines.append(f"  epochs {entry.start_epoch}-{end}: {folder.name}/ (pipeline.dali, "
+                     f"summary.txt, preview.png)")
+    policy.save(out / "policy.yaml")
+    first = results[0]
+    summary = out / "summary.txt"
+    summary.write_text("\n".join(lines) + "\n\n== policy ==\n" + describe(policy) + "\n")
+    return CompileResult(out=out, summary_path=summary, config_path=first.config_path,
+                         policy_path=out / "policy.yaml", pipeline_path=first.pipeline_path,
+                         preview_path=first.preview_path, notes=first.notes,
+                         warnings=first.warnings, operators=first.operators)
 
 
 def _graph_lines(ops, counts: dict[tuple[str, str], int], problems: list[str],
@@ -236,6 +264,10 @@ def compile_policy(policy: Policy, out: str | Path, *, device: str = "cpu",
         raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if policy.kind == "schedule":
+        return _compile_schedule(policy, out, device=device, data=data, recipe=recipe,
+                                 batch_size=batch_size, seed=seed, policy_source=policy_source,
+                                 preview_images=preview_images, preview_samples=preview_samples)
     recipe = load_recipe(recipe)
     images = check_headers(data if data is not None else embedded_dataset().train)
     result = CompileResult(out=out, summary_path=out / "summary.txt",

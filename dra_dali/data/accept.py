@@ -192,18 +192,20 @@ class FileGuard:
 
     Args:
         images: the accepted training images (their sizes and modification times are taken now).
+        next_step: the line that ends every error: what to do next (how to resume).
 
     Example (the training loop's one place that fetches batches):
-        >>> guard = FileGuard(train_images)                    # doctest: +SKIP
+        >>> guard = FileGuard(train_images, "continue with --resume")  # doctest: +SKIP
         >>> guard.check_epoch_start()        # raises DataError naming a replaced, broken file
         >>> try:
         ...     batch = next(iterator)
         ... except RuntimeError as exc:                        # DALI's decoder failed
-        ...     raise guard.failure(exc, "continue with --resume") from None
+        ...     raise guard.failure(exc) from None
     """
 
-    def __init__(self, images: ImageList) -> None:
+    def __init__(self, images: ImageList, next_step: str = "") -> None:
         self.accepted = Accepted(images, (), file_stamps(images.paths))
+        self.next_step = next_step
 
     def check_epoch_start(self) -> None:
         """A ``stat`` pass; files whose size or modification time changed are checked in full.
@@ -214,12 +216,12 @@ class FileGuard:
         bad = recheck_changed(self.accepted)
         if bad:
             raise DataError(f"{self.accepted.images.source}: {len(bad)} file(s) replaced since "
-                            f"the run started and now unusable:{_listing(bad)}")
+                            f"the run started and now unusable:{_listing(bad)}\n{self.next_step}")
 
-    def failure(self, exc: BaseException, next_step: str) -> DataError:
+    def failure(self, exc: BaseException) -> DataError:
         """The error to raise after a decoder failure: the culprits named (changed files, or
         every file of sets up to :data:`AUTO_DECODE_LIMIT`, re-checked strictly), the decoder's
-        message, and ``next_step`` (how to resume)."""
+        message, and ``next_step``."""
         bad = recheck_changed(self.accepted)
         images = self.accepted.images
         if not bad and len(images) <= AUTO_DECODE_LIMIT:
@@ -227,7 +229,8 @@ class FileGuard:
         reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
         named = (f"the unusable file(s):{_listing(bad)}" if bad else
                  f"no file was found unusable (run `dra-dali check-data {images.source}`)")
-        return DataError(f"{images.source}: the decoder failed ({reason}); {named}\n{next_step}")
+        return DataError(f"{images.source}: the decoder failed ({reason}); {named}\n"
+                         f"{self.next_step}")
 
 
 def decode_rgb(paths: Sequence[Path], threads: int = 2, batch_size: int = 32) -> list[np.ndarray]:

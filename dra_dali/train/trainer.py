@@ -165,7 +165,9 @@ class Trainer:
 
             self.loaders = DaliLoaders(config, self.policy, info, recipe)
         images = getattr(self.loaders, "train_images", None)   # DALI loaders: guard their files
-        self.files = FileGuard(images) if images is not None else None
+        self.files = None if images is None else FileGuard(
+            images, f"the last checkpoint in {config.out} is kept; fix or remove the file(s), then "
+                    "continue with resume")
         torch.manual_seed(config.seed)  # same initial weights on every process
         self.model = create_model(config.model, num_classes=self.loaders.num_classes)
         self.model = self.model.to(info.device)
@@ -256,9 +258,7 @@ class Trainer:
         except RuntimeError as exc:  # a DALI decoder failure names no file: name it
             if self.files is None:
                 raise
-            raise self.files.failure(exc, f"the last checkpoint in {self.config.out} is kept; fix "
-                                          "or remove the file(s), then continue with resume") \
-                from None
+            raise self.files.failure(exc) from None
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor, weight: float,
               sums: torch.Tensor) -> torch.Tensor:
