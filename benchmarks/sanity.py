@@ -18,6 +18,7 @@ Usage:
     python benchmarks/sanity.py --out runs/sanity                    # ddas and dra, 3 seeds
     python benchmarks/sanity.py --methods ddas --seeds 1 --epochs 2 --out /tmp/s   # quick look
     python benchmarks/sanity.py --jobs 8 --out runs/sanity           # runs in parallel
+    python benchmarks/sanity.py --data digits --out runs/sanity-digits   # orientation-sensitive
 """
 
 from __future__ import annotations
