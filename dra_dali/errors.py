@@ -14,4 +14,5 @@ __all__ = ["DraDaliError"]
 
 
 class DraDaliError(ValueError):
-    """Base of all dra-dali errors; the message names the culprit and, where there is one, the fix."""
+    """Base of all dra-dali errors; the message names the culprit and, where there is one, the
+    fix."""

@@ -231,7 +231,8 @@ def check_pip(stages: list[Stage]) -> list[str]:
                     problems += [f"ARG {name}: '{spec}' is not pinned with =="
                                  for spec in value.split() if "==" not in spec]
         for run in _of(stage, "RUN"):
-            no_cache_env = _stage_env(stage, run["startline"]).get("PIP_NO_CACHE_DIR") in {"1", "true"}
+            env = _stage_env(stage, run["startline"])
+            no_cache_env = env.get("PIP_NO_CACHE_DIR") in {"1", "true"}
             for command in _shell_commands(run["value"]):
                 runs_installer = any(Path(w).name == "install.sh" for w in command)
                 requirements = _pip_requirements(command)

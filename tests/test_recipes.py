@@ -4,6 +4,8 @@ import site
 import sys
 from pathlib import Path
 
+import pytest
+
 from dra_dali.recipes import find_recipe, recipe_dirs, recipe_names
 
 
@@ -71,3 +73,26 @@ def test_user_install_finds_its_recipes(tmp_path, monkeypatch):
     user.mkdir(parents=True)
     (user / "cifar.yaml").write_text("size: 32\n")
     assert find_recipe("pipelines", "cifar") == user / "cifar.yaml"
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("epochs", 0, "epochs: must be >= 1, got 0"),
+    ("images_per_class", 1, "images_per_class: needs >= 2"),
+    ("threads", 0, "threads: must be >= 1 or null"),
+    ("lr", 0.0, "lr: must be > 0"),
+    ("kl_weight", -1.0, "kl_weight: must be >= 0"),
+    ("crop", "square", "crop: must be one of rrc, pad, center, none"),
+    ("sampling", "epoch", "sampling: must be 'image' \\(per image\\) or 'batch'"),
+    ("fill", 300, "fill: must be a grey level in \\[0, 255\\]"),
+    ("crop_scale", [0.5, 0.2], "crop_scale: must satisfy 0 < lo <= hi <= 1"),
+    ("ops", ["Rotate", "Warp"], "ops: unknown operator\\(s\\) \\['Warp'\\]"),
+    ("ops", ["Rotate", "Rotate"], "ops: operator names must be unique"),
+    ("device", "tpu", "device: must be 'cpu', 'cuda' or 'cuda:N'"),
+    ("flip", "maybe", "flip: cannot use 'maybe'"),
+    ("epochs", 2.5, "epochs: cannot use 2.5"),
+])
+def test_search_config_errors_name_the_key(key, value, message):
+    from dra_dali.search.config import ConfigError, SearchConfig
+
+    with pytest.raises(ConfigError, match=f"recipe.yaml: {message}"):
+        SearchConfig.from_dict({key: value}, "recipe.yaml")

@@ -189,7 +189,7 @@ def test_val_data_classes_must_match(embedded, tmp_path):
     train = _small_copy(embedded.train, tmp_path / "train", ["cat", "coffee", "galaxy"])
     val = _small_copy(embedded.val, tmp_path / "val", ["cat", "coffee", "rocket"])
     cfg = tiny(train, val_data=str(val), images_per_class=4)
-    with pytest.raises(DataError, match=r"only in --data: \['galaxy'\].*only in --val-data: "
+    with pytest.raises(DataError, match=r"only in data: \['galaxy'\].*only in val_data: "
                                         r"\['rocket'\]"):
         run_search(cfg, tmp_path / "run", progress=False)
     # With matching classes the val folder feeds the policy half.

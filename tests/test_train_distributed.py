@@ -27,7 +27,8 @@ WORKER = textwrap.dedent("""
     result = train(TrainConfig(data=data, val_data=data, out=out, policy="ra-n2-m9",
                                pipeline="demo", epochs=%d, batch_size=%d, seed=1, lr=0.05,
                                workers=1),
-                   progress=False, batch_hook=lambda e, s, labels: seen.append([e, s, labels.tolist()]))
+                   progress=False,
+                   batch_hook=lambda e, s, labels: seen.append([e, s, labels.tolist()]))
     with open(os.path.join(logs, "rank%%s.json" %% os.environ["RANK"]), "w") as handle:
         json.dump({"seen": seen, "finished": result.finished, "world": os.environ["WORLD_SIZE"]},
                   handle)

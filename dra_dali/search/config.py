@@ -1,4 +1,4 @@
-"""Search configuration: one dataclass, loaded from a recipe YAML (``search/*.yaml``) plus overrides.
+"""Search configuration: one dataclass, loaded from a recipe YAML (``search/*.yaml``) + overrides.
 
 Every recipe key is a field of :class:`SearchConfig`; unknown keys are refused, naming them.
 Command-line flags and ``--set key=value`` override recipe values; the resolved configuration is
@@ -263,56 +263,61 @@ class SearchConfig:
         return SearchConfig.from_dict({**self.to_dict(), **changes}, "replace")
 
     def _check(self, where: str) -> None:
-        def bad(key: str, why: str) -> ConfigError:
-            return ConfigError(f"{where}: {key}: {why}, got {getattr(self, key)!r}")
-
         self._check_bounds(where)
-        for key in ("resolution", "depth", "epochs", "batch_size", "lr_batch"):
+        self._check_counts(where)
+        self._check_choices_and_ranges(where)
+        self._check_ops(where)
+        self._parse_options(where)
+
+    def _bad(self, where: str, key: str, why: str) -> ConfigError:
+        return ConfigError(f"{where}: {key}: {why}, got {getattr(self, key)!r}")
+
+    def _check_counts(self, where: str) -> None:
+        for key in _AT_LEAST_ONE:
             if getattr(self, key) < 1:
-                raise bad(key, "must be >= 1")
-        for key in ("proxy_classes", "images_per_class", "decode_size", "threads",
-                    "val_batch_size", "val_images_per_class"):
+                raise self._bad(where, key, "must be >= 1")
+        for key in _OPTIONAL_AT_LEAST_ONE:
             value = getattr(self, key)
             if value is not None and value < 1:
-                raise bad(key, "must be >= 1 or null")
+                raise self._bad(where, key, "must be >= 1 or null")
         if self.images_per_class is not None and self.images_per_class < 2:
-            raise bad("images_per_class", "needs >= 2 (one image for each half)")
-        if self.crop not in ("rrc", "pad", "center", "none"):
-            raise bad("crop", "must be one of rrc, pad, center, none")
-        if self.policy_crop not in ("same", "center", "none"):
-            raise bad("policy_crop", "must be one of same, center, none")
+            raise self._bad(where, "images_per_class", "needs >= 2 (one image for each half)")
+        for key in _POSITIVE:
+            if not getattr(self, key) > 0:
+                raise self._bad(where, key, "must be > 0")
+        for key in _NON_NEGATIVE:
+            if getattr(self, key) < 0:
+                raise self._bad(where, key, "must be >= 0")
+
+    def _check_choices_and_ranges(self, where: str) -> None:
+        for key, (choices, why) in _CHOICES.items():
+            if getattr(self, key) not in choices:
+                raise self._bad(where, key, why)
         if not 0 <= self.fill <= 255:
-            raise bad("fill", "must be a grey level in [0, 255]")
-        if self.sampling not in ("image", "batch"):
-            raise bad("sampling", "must be 'image' (per image) or 'batch' (per batch)")
+            raise self._bad(where, "fill", "must be a grey level in [0, 255]")
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
-            raise bad("crop_scale", "must satisfy 0 < lo <= hi <= 1")
+            raise self._bad(where, "crop_scale", "must satisfy 0 < lo <= hi <= 1")
         lo, hi = self.apply_prob
         if not 0 <= lo <= hi <= 1:
-            raise bad("apply_prob", "must satisfy 0 <= lo <= hi <= 1")
-        unknown = [o for o in self.ops if o not in OPS]
-        if unknown or not self.ops:
-            raise bad("ops", f"unknown operator(s) {unknown}; the catalog has "
-                             f"{', '.join(OP_NAMES)}" if unknown else "needs at least one operator")
-        if len(set(self.ops)) != len(self.ops):
-            raise bad("ops", "operator names must be unique")
-        for key in ("scale", "temperature", "lr", "policy_lr"):
-            if not getattr(self, key) > 0:
-                raise bad(key, "must be > 0")
-        for key in ("pad", "cutout", "weight_decay", "grad_clip", "kl_weight",
-                    "policy_weight_decay", "momentum"):
-            if getattr(self, key) < 0:
-                raise bad(key, "must be >= 0")
+            raise self._bad(where, "apply_prob", "must satisfy 0 <= lo <= hi <= 1")
         if not 0 <= self.init_std <= 1 or not 0 <= self.init_mean <= self.scale:
             raise ConfigError(f"{where}: init_mean must lie in [0, scale] and init_std in [0, 1], "
                               f"got {self.init_mean}, {self.init_std}")
         if len(self.normalize) != 2 or any(len(v) != 3 for v in self.normalize) \
                 or any(s <= 0 for s in self.normalize[1]):
-            raise bad("normalize", "must be [[mean r, g, b], [std r, g, b]] with std > 0")
+            raise self._bad(where, "normalize",
+                            "must be [[mean r, g, b], [std r, g, b]] with std > 0")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise bad("device", "must be 'cpu', 'cuda' or 'cuda:N'")
-        self._parse_options(where)
+            raise self._bad(where, "device", "must be 'cpu', 'cuda' or 'cuda:N'")
+
+    def _check_ops(self, where: str) -> None:
+        unknown = [o for o in self.ops if o not in OPS]
+        if unknown or not self.ops:
+            raise self._bad(where, "ops", f"unknown operator(s) {unknown}; the catalog has "
+                            f"{', '.join(OP_NAMES)}" if unknown else "needs at least one operator")
+        if len(set(self.ops)) != len(self.ops):
+            raise self._bad(where, "ops", "operator names must be unique")
 
     def _check_bounds(self, where: str) -> None:
         """Every number finite (no NaN or inf), and below :data:`_UPPER` (before any work)."""
@@ -335,6 +340,18 @@ class SearchConfig:
             raise ConfigError(f"{where}: {exc}") from None
         self.__dict__["_options"] = options
 
+
+_AT_LEAST_ONE = ("resolution", "depth", "epochs", "batch_size", "lr_batch")
+_OPTIONAL_AT_LEAST_ONE = ("proxy_classes", "images_per_class", "decode_size", "threads",
+                          "val_batch_size", "val_images_per_class")
+_POSITIVE = ("scale", "temperature", "lr", "policy_lr")
+_NON_NEGATIVE = ("pad", "cutout", "weight_decay", "grad_clip", "kl_weight", "policy_weight_decay",
+                 "momentum")
+_CHOICES = {
+    "crop": (("rrc", "pad", "center", "none"), "must be one of rrc, pad, center, none"),
+    "policy_crop": (("same", "center", "none"), "must be one of same, center, none"),
+    "sampling": (("image", "batch"), "must be 'image' (per image) or 'batch' (per batch)"),
+}
 
 #: Largest magnitude each recipe number may have: far beyond any sensible setting, so a value
 #: past it is a typo or a crafted file (checked before any work, with the key named).
@@ -374,41 +391,58 @@ def _convert(key: str, value: Any, default: Any, where: str) -> Any:
     if value is None:
         return None
     try:
-        if isinstance(default, dict):
-            if isinstance(value, str):
-                value = load_yaml(value, what=key, error=ConfigError)
-            if not isinstance(value, Mapping):
-                raise ValueError(value)
-            return {str(k): v for k, v in value.items()}
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                if value.lower() in ("true", "yes", "1", "on"):
-                    return True
-                if value.lower() in ("false", "no", "0", "off"):
-                    return False
-                raise ValueError(value)
-            if not isinstance(value, bool):
-                raise ValueError(value)
-            return value
-        if isinstance(default, tuple):
-            if isinstance(value, str):
-                value = load_yaml(value, what=key, error=ConfigError)
-            if not isinstance(value, (list, tuple)):
-                raise ValueError(value)
-            if default and isinstance(default[0], tuple):
-                return tuple(tuple(float(v) for v in row) for row in value)
-            if default and isinstance(default[0], str):
-                return tuple(str(v) for v in value)
-            return tuple(float(v) for v in value)
-        if isinstance(default, float):
-            return float(value)
-        if isinstance(default, int) or key in ("proxy_classes", "images_per_class",
-                                               "decode_size", "threads", "val_batch_size",
-                                               "val_images_per_class"):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
+        for kind, converter in _CONVERTERS:
+            if isinstance(default, kind):
+                return converter(key, value, default)
+        if key in _OPTIONAL_AT_LEAST_ONE:
+            return _to_int(key, value, default)
         return str(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: {key}: cannot use {value!r} (expected a value like "
                           f"{default!r})") from None
+
+
+def _to_mapping(key: str, value: Any, default: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        value = load_yaml(value, what=key, error=ConfigError)
+    if not isinstance(value, Mapping):
+        raise ValueError(value)
+    return {str(k): v for k, v in value.items()}
+
+
+def _to_bool(key: str, value: Any, default: Any) -> bool:
+    if isinstance(value, str):
+        if value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if value.lower() in ("false", "no", "0", "off"):
+            return False
+    if not isinstance(value, bool):
+        raise ValueError(value)
+    return value
+
+
+def _to_tuple(key: str, value: Any, default: tuple) -> tuple:
+    if isinstance(value, str):
+        value = load_yaml(value, what=key, error=ConfigError)
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(value)
+    if default and isinstance(default[0], tuple):
+        return tuple(tuple(float(v) for v in row) for row in value)
+    if default and isinstance(default[0], str):
+        return tuple(str(v) for v in value)
+    return tuple(float(v) for v in value)
+
+
+def _to_float(key: str, value: Any, default: Any) -> float:
+    return float(value)
+
+
+def _to_int(key: str, value: Any, default: Any) -> int:
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(value)
+    return int(value)
+
+
+# Checked in this order: bool before int (a bool is an int in Python).
+_CONVERTERS = ((dict, _to_mapping), (bool, _to_bool), (tuple, _to_tuple), (float, _to_float),
+               (int, _to_int))

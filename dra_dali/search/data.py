@@ -103,15 +103,15 @@ def load_proxy(config: SearchConfig) -> ProxySet:
             ``val_data`` classes differ from ``data``'s; an image that cannot be decoded.
     """
     if not config.data:
-        raise DataError("no training data: pass --data DIR (an image folder or a file list)")
+        raise DataError("data: no training data given (an image folder or a file list)")
     train = accept_images(config.data).images
     val = accept_images(config.val_data).images if config.val_data else None
     if val is not None and tuple(val.classes) != tuple(train.classes):
         only_train = sorted(set(train.classes) - set(val.classes))
         only_val = sorted(set(val.classes) - set(train.classes))
-        raise DataError(f"--val-data {config.val_data} has different classes from --data "
-                        f"{config.data}: only in --data: {only_train[:10] or 'none'}, only in "
-                        f"--val-data: {only_val[:10] or 'none'} "
+        raise DataError(f"val_data {config.val_data} has different classes from data "
+                        f"{config.data}: only in data: {only_train[:10] or 'none'}, only in "
+                        f"val_data: {only_val[:10] or 'none'} "
                         f"({len(train.classes)} vs {len(val.classes)} classes)")
     rng = np.random.default_rng(config.seed)
     n_classes = config.proxy_classes or len(train.classes)
