@@ -433,8 +433,14 @@ def _kill_sequence(args: list[str], out: Path, kills: int, window: float, rng) -
     import signal
     import subprocess
 
-    done = {"kills": 0, "runs": 0, "temp_left_by_kill": 0}
+    done = {"kills": 0, "runs": 0, "temp_left_by_kill": 0, "killed_after_finish": 0}
+    finished = out / ("policy.yaml" if args[0] == "search" else "summary.json")
     while True:
+        if done["runs"] and finished.exists():
+            # The last SIGKILL landed after the run had written its final file (while the
+            # interpreter was exiting): the run is complete, and --resume rightly refuses it.
+            done["killed_after_finish"] += 1
+            return done
         resume = ["--resume"] if (out / "checkpoint.pt").exists() else []
         proc = subprocess.Popen(_command(args + resume), env=_env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
