@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from search_helpers import interrupt_after_epoch
 from torch import nn
 
 from dra_dali.search.methods.base import Batch
@@ -212,12 +213,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(embedded, tmp_path):
     cfg = _cfg(embedded.train)
     full = run_search(cfg, tmp_path / "full", progress=False)
 
-    def stop(epoch, metrics):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_search(cfg, tmp_path / "cut", progress=False, on_epoch_end=stop)
+    interrupt_after_epoch(cfg, tmp_path / "cut")
     resumed = run_search(cfg, tmp_path / "cut", resume=True, progress=False)
     assert resumed.layers == full.layers and resumed.provenance["perturbation_scores"] == \
         full.provenance["perturbation_scores"]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from search_helpers import interrupt_after_epoch
 from torch import nn
 
 from dra_dali.search.methods.blocks import random_signs, relaxed_bernoulli
@@ -222,12 +223,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(embedded, tmp_path):
     cfg = _cfg(embedded.train)
     full = run_search(cfg, tmp_path / "full", progress=False)
 
-    def stop(epoch, metrics):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_search(cfg, tmp_path / "cut", progress=False, on_epoch_end=stop)
+    interrupt_after_epoch(cfg, tmp_path / "cut")
     resumed = run_search(cfg, tmp_path / "cut", resume=True, progress=False)
     assert resumed.subpolicies == full.subpolicies
     a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")

@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from search_helpers import interrupt_after_epoch
 
 from dra_dali.cli import main
 from dra_dali.data import DataError
@@ -92,12 +93,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(embedded, tmp_path, metho
     cfg = tiny(embedded.train, epochs=3, method=method)
     full = run_search(cfg, tmp_path / "full", progress=False)
 
-    def stop(epoch, metrics):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_search(cfg, tmp_path / "cut", progress=False, on_epoch_end=stop)
+    interrupt_after_epoch(cfg, tmp_path / "cut")
     state = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     assert state["epoch"] == 1 and not (tmp_path / "cut" / "policy.yaml").exists()
     resumed = run_search(cfg, tmp_path / "cut", resume=True, progress=False)
