@@ -39,16 +39,31 @@ from nvidia.dali import math as dmath
 from nvidia.dali.data_node import DataNode
 from nvidia.dali.pipeline import do_not_convert
 
+from dra_dali.dali import cpu_kernels as cpu_kernels_module
 from dra_dali.ops import FILL_VALUE, OP_NAMES, OPS, kernels, parameter, register
 
-__all__ = ["DALI_OPS", "DaliKernel", "INTERPOLATIONS", "apply_op", "dali_affine", "dali_kernel",
-           "dali_kernels", "image_size", "matrix_node", "parameter_node", "warp"]
+__all__ = ["CPU_KERNELS", "DALI_OPS", "DaliKernel", "INTERPOLATIONS", "apply_op", "dali_affine",
+           "dali_kernel", "dali_kernels", "fused_on", "image_size", "matrix_node", "parameter_node",
+           "warp"]
 
 Scalar = Union[DataNode, float, int]
 
 #: Interpolation of the geometric operators: PIL's BILINEAR (the default, as DALI's
 #: rand_augment and the torch search kernels) or NEAREST (PIL's default, as TF-models).
 INTERPOLATIONS = {"linear": types.INTERP_LINEAR, "nearest": types.INTERP_NN}
+
+#: Kernels for CPU images: ``"fused"`` runs the bilinear warp and the colour family (Brightness,
+#: Color, Contrast, Sharpness, AutoContrast) as compiled loops (:mod:`dra_dali.dali.cpu_kernels`,
+#: 4-8x cheaper on the CPU, same parity); ``"dali"`` keeps DALI's operators everywhere, the graph
+#: the GPU runs. GPU images always take DALI's operators.
+CPU_KERNELS = ("fused", "dali")
+
+
+def fused_on(images: DataNode, cpu_kernels: str) -> bool:
+    """Whether ``images`` take the fused CPU kernels (CPU images and ``cpu_kernels="fused"``)."""
+    if cpu_kernels not in CPU_KERNELS:
+        raise ValueError(f"cpu_kernels must be one of {list(CPU_KERNELS)}, got {cpu_kernels!r}")
+    return cpu_kernels == "fused" and images.device == "cpu"
 
 
 @dataclass(frozen=True)
@@ -92,8 +107,10 @@ def dali_affine(name: str):
     """Decorator: register ``matrix(v, size)`` (PIL AFFINE, output -> input; ``size`` = the
     image's ``(width, height)``) for row ``name``; the images go through :func:`warp` with it."""
     def add(matrix):
-        def apply(images, v, *, fill=FILL_VALUE, interpolation="linear", **_):
-            return warp(images, matrix_node(matrix, v, image_size(images)), fill, interpolation)
+        def apply(images, v, *, fill=FILL_VALUE, interpolation="linear", cpu_kernels="fused",
+                  **_):
+            return warp(images, matrix_node(matrix, v, image_size(images)), fill, interpolation,
+                        cpu_kernels)
         register("dali", name, DaliKernel(name, do_not_convert(apply), matrix))
         return matrix
     return add
@@ -228,7 +245,7 @@ def _blend(degenerate: DataNode, images: DataNode, factor: Scalar) -> DataNode:
 
 def apply_op(name: str, images: DataNode, magnitude: Scalar, sign: Scalar | None = None, *,
              resolution: int = 224, fill: int = FILL_VALUE, interpolation: str = "linear",
-             **extra) -> DataNode:
+             cpu_kernels: str = "fused", **extra) -> DataNode:
     """Apply catalog operator ``name`` with a per-sample magnitude (and sign) to uint8 HWC images.
 
     Args:
@@ -239,6 +256,7 @@ def apply_op(name: str, images: DataNode, magnitude: Scalar, sign: Scalar | None
         resolution: training resolution (translate range).
         fill: grey level of the pixels geometric operators bring in.
         interpolation: ``"linear"`` or ``"nearest"`` (geometric operators).
+        cpu_kernels: ``"fused"`` or ``"dali"`` for CPU images (see :data:`CPU_KERNELS`).
         extra: kernel-specific options (Cutout: ``center``).
 
     Raises:
@@ -249,13 +267,19 @@ def apply_op(name: str, images: DataNode, magnitude: Scalar, sign: Scalar | None
         raise KeyError(f"no DALI kernel for operator {name!r}; registered: {', '.join(table)}")
     kernel = table[name]
     v = parameter_node(name, magnitude, sign, resolution, integer=kernel.integer)
-    return kernel.apply(images, v, fill=fill, interpolation=interpolation, **extra)
+    if fused_on(images, cpu_kernels) and name in cpu_kernels_module.COLOUR_KINDS:
+        return cpu_kernels_module.colour(images, cpu_kernels_module.COLOUR_KINDS.index(name), v)
+    return kernel.apply(images, v, fill=fill, interpolation=interpolation,
+                        cpu_kernels=cpu_kernels, **extra)
 
 
-def warp(images: DataNode, matrix, fill: int = FILL_VALUE,
-         interpolation: str = "linear") -> DataNode:
+def warp(images: DataNode, matrix, fill: int = FILL_VALUE, interpolation: str = "linear",
+         cpu_kernels: str = "fused") -> DataNode:
     """``fn.warp_affine`` with PIL's AFFINE coefficients (output pixel centres -> input points;
-    DALI's ``inverse_map`` uses the same convention), the fill and the interpolation."""
+    DALI's ``inverse_map`` uses the same convention), the fill and the interpolation; the fused
+    bilinear warp for CPU images (``cpu_kernels="fused"``)."""
+    if interpolation == "linear" and fused_on(images, cpu_kernels):
+        return cpu_kernels_module.warp_bilinear(images, matrix, fill)
     return fn.warp_affine(images, matrix=matrix, fill_value=float(fill),
                           interp_type=INTERPOLATIONS[interpolation], inverse_map=True)
 
