@@ -482,14 +482,26 @@ def test_gpu_graph_places_image_work_on_gpu():
     assert {"WarpAffine", "Filter", "Erase", "Equalize", "Rotation"} <= set(gpu)
 
 
-def test_fused_cpu_graph_replaces_the_warp_and_the_colour_kernels():
-    """On CPU images the default graph runs the bilinear warp and the colour family as fused
-    kernels (a NumbaFunction) and keeps DALI's operators for the rest."""
+def test_fused_cpu_graph_has_one_kernel_per_layer_and_no_branches():
+    """On CPU images the default graph runs every operator of the paper policy (bilinear) in the
+    fused kernel: one FusedCpuKernel per layer, no conditional split, none of DALI's image
+    operators; ``cpu_kernels="dali"`` keeps DALI's operators (the GPU graph)."""
     fused, _ = _placement("cpu", cpu_kernels="fused")
     graph, _ = _placement("cpu")
     assert "FusedCpuKernel" in fused and "FusedCpuKernel" not in graph
-    assert {"WarpAffine", "CoordTransform", "Filter"} <= set(graph)
-    assert not {"WarpAffine", "CoordTransform", "Filter"} & set(fused)
-    assert {"Equalize", "Erase"} <= set(fused)
+    assert {"WarpAffine", "CoordTransform", "Filter", "Equalize", "Erase", "Split"} <= set(graph)
+    assert not {"WarpAffine", "CoordTransform", "Filter", "Equalize", "Erase", "Split",
+                "Merge"} & set(fused)
     with pytest.raises(ValueError, match="cpu_kernels must be one of"):
         _placement("cpu", cpu_kernels="numba")
+
+
+def test_fused_equalize_is_pil_exact(photos):
+    """Tighter than the catalog row's tolerance: the fused kernel equalises as PIL does, bit
+    exact (DALI's fn.equalize, on the GPU, uses OpenCV's table)."""
+    rng = np.random.default_rng(2)
+    images = [*photos, rng.integers(0, 256, (37, 51, 3), dtype=np.uint8),
+              np.full((20, 20, 3), 7, np.uint8)]
+    for image in images:
+        out = _run_op("Equalize", [image], [0.0], [1.0], 224)[0]
+        np.testing.assert_array_equal(out, apply_reference("Equalize", image, 0.0))

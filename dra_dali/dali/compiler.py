@@ -30,7 +30,7 @@ from nvidia.dali import fn, types
 from nvidia.dali import math as dmath
 from nvidia.dali.data_node import DataNode
 
-from dra_dali.dali.cpu_kernels import COLOUR_KINDS, colour
+from dra_dali.dali import cpu_kernels as fused_cpu
 from dra_dali.dali.draws import NEGLIGIBLE_PROBABILITY, LayerDraws, policy_draws
 from dra_dali.dali.operators import (
     CPU_KERNELS,
@@ -40,6 +40,7 @@ from dra_dali.dali.operators import (
     fused_on,
     image_size,
     matrix_node,
+    runs_fused,
     warp,
 )
 from dra_dali.ops import OPS, parameter
@@ -164,19 +165,20 @@ def _affine_matrix(kernels: list[DaliKernel], branch, v, images):
 @dataclass(frozen=True)
 class _Leaf:
     """One branch of a layer's dispatch: one kernel, or a family of operators run by one kernel
-    with per-sample parameters (``"affine"``: the warp; ``"colour"``: the fused colour kernel)."""
+    with per-sample parameters (``"affine"``: DALI's warp; ``"fused"``: the fused CPU kernel)."""
 
     kernel: DaliKernel | None
     family: str = ""
 
 
-def _family(kernel: DaliKernel, fused: bool) -> str:
-    if kernel.affine:
-        return "affine"
-    return "colour" if fused and kernel.name in COLOUR_KINDS else ""
+def _family(kernel: DaliKernel, fused: bool, interpolation: str) -> str:
+    if fused and runs_fused(kernel, interpolation):
+        return "fused"
+    return "affine" if kernel.affine else ""
 
 
-def _leaves(kernels: list[DaliKernel], fused: bool) -> tuple[list[_Leaf], list[int]]:
+def _leaves(kernels: list[DaliKernel], fused: bool,
+            interpolation: str) -> tuple[list[_Leaf], list[int]]:
     """The layer's branches and, per active operator, its branch (-1: passthrough, no branch).
     Operators of a family share one branch, and so do kernels that say they share another's."""
     table = dali_kernels()
@@ -186,7 +188,7 @@ def _leaves(kernels: list[DaliKernel], fused: bool) -> tuple[list[_Leaf], list[i
         if kernel.passthrough:
             leaf_of.append(-1)
             continue
-        family = _family(kernel, fused)
+        family = _family(kernel, fused, interpolation)
         leaf = _Leaf(None, family) if family else _Leaf(table[kernel.shares or kernel.name])
         if leaf not in leaves:
             leaves.append(leaf)
@@ -201,21 +203,19 @@ class _Branches:
     leaves: list[_Leaf]
     v: DataNode
     matrix: DataNode | None
-    colour_kind: DataNode | float | None      # COLOUR_KINDS index per sample (colour family)
+    fused: DataNode | None          # the fused kernel's per-sample parameters
     floored: bool                   # v is floored where kernels need it (precomputed table)
     fill: int
     interpolation: str
-    cpu_kernels: str
 
 
 def _run_leaf(leaf: _Leaf, images, b: _Branches):
     if leaf.family == "affine":
-        return warp(images, b.matrix, b.fill, b.interpolation, b.cpu_kernels)
-    if leaf.family == "colour":
-        return colour(images, b.colour_kind, b.v)
+        return warp(images, b.matrix, b.fill, b.interpolation)
+    if leaf.family == "fused":
+        return fused_cpu.fused(images, b.fused)
     v = dmath.floor(b.v) if _floors(leaf.kernel) and not b.floored else b.v
-    return leaf.kernel.apply(images, v, fill=b.fill, interpolation=b.interpolation,
-                             cpu_kernels=b.cpu_kernels)
+    return leaf.kernel.apply(images, v, fill=b.fill, interpolation=b.interpolation)
 
 
 def _dispatch(b: _Branches, lo: int, hi: int, leaf, images):
@@ -231,32 +231,47 @@ def _dispatch(b: _Branches, lo: int, hi: int, leaf, images):
     return out
 
 
-def _colour_kinds(kernels: list[DaliKernel], branch):
-    """Per sample the fused colour kernel's kind (0 for operators outside the family)."""
-    kinds = [COLOUR_KINDS.index(k.name) if k.name in COLOUR_KINDS else 0 for k in kernels]
-    return _table(kinds, branch, np.float32)
+def _fused_kinds(kernels: list[DaliKernel], families: list[str], branch, go):
+    """Per sample the fused kernel's kind: its operator's, ``UNCHANGED`` for operators outside
+    the kernel (passthrough ones) and, with ``go``, where the apply coin did not come up."""
+    kinds = [fused_cpu.AFFINE if k.affine else fused_cpu.FUSED_KINDS.index(k.name)
+             if f == "fused" else fused_cpu.UNCHANGED for k, f in zip(kernels, families)]
+    kind = _table(kinds, branch, np.float32)
+    return kind if go is None else (kind + 1.0) * go - 1.0
+
+
+def _fused_parameters(kernels, families, layer: LayerDraws, v, matrix, fill: int, go):
+    names = [k.name for k, f in zip(kernels, families) if f == "fused"]
+    centre = (fn.random.uniform(range=[0.0, 1.0], shape=[2]) if "Cutout" in names else None)
+    kind = _fused_kinds(kernels, families, layer.branch, go)
+    return fused_cpu.parameters(kind, v, matrix, fill, centre)
 
 
 def _apply_layer(images, policy: Policy, j: int, layer: LayerDraws, interpolation: str,
-                 cpu_kernels: str):
+                 cpu_kernel_set: str):
     """The conditional part of a layer: only applied samples whose operator is not a
-    passthrough reach the branches; the parameters, the affine matrix and the colour kind are
-    computed before the split, once for all branches."""
+    passthrough reach the branches; the parameters, the affine matrix and the fused kernel's
+    parameters are computed before the split, once for all branches. A layer whose operators
+    all run in the fused CPU kernel has no branches: one kernel, each image with its kind."""
     table = dali_kernels()
     kernels = [table[name] for name in layer.names]
-    leaves, leaf_of = _leaves(kernels, fused_on(images, cpu_kernels))
+    fused = fused_on(images, cpu_kernel_set)
+    leaves, leaf_of = _leaves(kernels, fused, interpolation)
     if not leaves or layer.coin == "never":
         return images
+    families = [_family(k, fused, interpolation) for k in kernels]
     branch = layer.branch
     fixed = _fixed_magnitudes(policy, j, layer.names)
     v = _parameters(kernels, branch, layer.magnitude, layer.sign, policy.resolution, fixed)
-    families = {leaf.family for leaf in leaves}
-    matrix = _affine_matrix(kernels, branch, v, images) if "affine" in families else None
-    kind = _colour_kinds(kernels, branch) if "colour" in families else None
-    b = _Branches(leaves, v, matrix, kind, fixed is not None, policy.fill, interpolation,
-                  cpu_kernels)
-    leaf = _table(leaf_of, branch, np.int32) if len(leaves) > 1 or -1 in leaf_of else 0
+    matrix = _affine_matrix(kernels, branch, v, images) if any(k.affine for k in kernels) else None
     go = layer.applied if layer.coin == "random" else None
+    if [leaf.family for leaf in leaves] == ["fused"]:
+        return fused_cpu.fused(images, _fused_parameters(kernels, families, layer, v, matrix,
+                                                           policy.fill, go))
+    params = (_fused_parameters(kernels, families, layer, v, matrix, policy.fill, None)
+              if "fused" in families else None)
+    b = _Branches(leaves, v, matrix, params, fixed is not None, policy.fill, interpolation)
+    leaf = _table(leaf_of, branch, np.int32) if len(leaves) > 1 or -1 in leaf_of else 0
     if -1 in leaf_of:
         go = leaf >= 0 if go is None else go * (leaf >= 0)
     if go is None:

@@ -141,24 +141,6 @@ def _level_table(kind, v):
     return table
 
 
-@njit(cache=True)
-def _colour_run(out, image, params):
-    """``params = (kind, v)``: kind indexes COLOUR_KINDS of :mod:`dra_dali.dali.cpu_kernels`."""
-    kind, factor = int(params[0]), np.float32(params[1])
-    if kind == 0:
-        _blend_constant(out, image, np.float32(0.0), factor)
-    elif kind == 1:
-        _color(out, image, factor)
-    elif kind == 2:
-        _contrast(out, image, factor)
-    elif kind == 3:
-        _sharpness(out, image, factor)
-    elif kind == 4:
-        _apply_tables(out, image, _auto_contrast_tables(image))
-    else:
-        _apply_tables(out, image, _level_table(kind, params[1]))
-
-
 # ----- bilinear warp ------------------------------------------------------------------------
 @njit(cache=True)
 def _tap(image, y, x, c, fill):
@@ -224,6 +206,80 @@ def _warp_run(out, image, params):
             _bilinear_at(out, image, y, x, sx, sy, fill)
 
 
+@njit(cache=True)
+def _equalize_tables(image):
+    """PIL's ImageOps.equalize per channel: ``step = (N - count of the top level) // 255``,
+    level ``i`` -> ``(step // 2 + count below i) // step``; identity for a channel with one level
+    or ``step == 0``."""
+    tables = np.empty((image.shape[2], 256), np.uint8)
+    for c in range(image.shape[2]):
+        histogram = np.zeros(256, np.int64)
+        for y in range(image.shape[0]):
+            for x in range(image.shape[1]):
+                histogram[image[y, x, c]] += 1
+        levels, top = 0, 0
+        for level in range(256):
+            if histogram[level]:
+                levels, top = levels + 1, histogram[level]
+        step = (image.shape[0] * image.shape[1] - top) // 255
+        below = step // 2
+        for level in range(256):
+            tables[c, level] = level if levels <= 1 or step == 0 else min(below // step, 255)
+            below += histogram[level]
+    return tables
+
+
+@njit(cache=True)
+def _cutout(out, image, v, u_row, u_col):
+    """Zero a square of side ``floor(v * H + 0.5)`` centred at ``floor(u * (H, W))``, clipped at
+    the borders; float32 arithmetic like the graph kernel."""
+    h, w = np.float32(image.shape[0]), np.float32(image.shape[1])
+    side = math.floor(np.float32(v) * h + np.float32(0.5))
+    half = math.floor(np.float32(side) * np.float32(0.5))
+    top = int(math.floor(np.float32(u_row) * h) - half)
+    left = int(math.floor(np.float32(u_col) * w) - half)
+    out[:] = image
+    side = int(side)
+    out[max(top, 0):max(min(top + side, image.shape[0]), 0),
+        max(left, 0):max(min(left + side, image.shape[1]), 0), :] = 0
+
+
+@njit(cache=True)
+def _colour_run(out, image, params):
+    """``params = (kind, v)``: kind indexes COLOUR_KINDS of :mod:`dra_dali.dali.cpu_kernels`."""
+    kind, factor = int(params[0]), np.float32(params[1])
+    if kind == 0:
+        _blend_constant(out, image, np.float32(0.0), factor)
+    elif kind == 1:
+        _color(out, image, factor)
+    elif kind == 2:
+        _contrast(out, image, factor)
+    elif kind == 3:
+        _sharpness(out, image, factor)
+    elif kind == 4:
+        _apply_tables(out, image, _auto_contrast_tables(image))
+    else:
+        _apply_tables(out, image, _level_table(kind, params[1]))
+
+
+@njit(cache=True)
+def _fused_run(out, image, params):
+    """``params = (kind, v, a, b, c, d, e, f, fill, u_row, u_col)``: ``kind`` indexes FUSED_KINDS
+    of :mod:`dra_dali.dali.cpu_kernels` (-1: unchanged; one past the end: the affine warp with
+    PIL's AFFINE coefficients ``a..f`` and the fill; Cutout's centre from ``u`` in [0, 1))."""
+    kind = int(params[0])
+    if kind < 0:
+        out[:] = image
+    elif kind == 11:
+        _warp_run(out, image, params[2:9])
+    elif kind == 10:
+        _apply_tables(out, image, _equalize_tables(image))
+    elif kind == 9:
+        _cutout(out, image, params[1], params[9], params[10])
+    else:
+        _colour_run(out, image, params)
+
+
 # ----- the C entry points DALI's numba_function calls (cached on disk by numba) --------------
 # DALI's own wrapper compiles a new C callback for every operator it creates (30 s for the
 # colour kernel on this machine); these are compiled once and cached, and handed to
@@ -249,15 +305,9 @@ def _arrays(out_ptr, in_ptr, in_shapes_ptr, params: int):
 
 
 @cfunc(_RUN_SIGNATURE, nopython=True, cache=True)
-def _colour_c(out_ptr, out_shapes, out_ndims, num_outs, in_ptr, in_shapes, in_ndims, num_ins):
-    out, image, params = _arrays(out_ptr, in_ptr, in_shapes, 2)
-    _colour_run(out, image, params)
-
-
-@cfunc(_RUN_SIGNATURE, nopython=True, cache=True)
-def _warp_c(out_ptr, out_shapes, out_ndims, num_outs, in_ptr, in_shapes, in_ndims, num_ins):
-    out, image, params = _arrays(out_ptr, in_ptr, in_shapes, 7)
-    _warp_run(out, image, params)
+def _fused_c(out_ptr, out_shapes, out_ndims, num_outs, in_ptr, in_shapes, in_ndims, num_ins):
+    out, image, params = _arrays(out_ptr, in_ptr, in_shapes, 11)
+    _fused_run(out, image, params)
 
 
 @cfunc(_SETUP_SIGNATURE, nopython=True, cache=True)
@@ -272,7 +322,7 @@ def _same_shape_c(out_shapes, out_ndims, num_outs, in_shapes, in_ndims, num_ins,
             target[d] = source[d]
 
 
-#: Kernel name -> C entry point.
-ENTRY_POINTS = {"colour": _colour_c, "warp": _warp_c}
+#: The C entry point of the fused kernel.
+FUSED = _fused_c
 #: The setup callback: each output has the shape of the sample's image.
 SAME_SHAPE = _same_shape_c

@@ -277,8 +277,9 @@ def compile_policy(policy: Policy, out: str | Path, *, device: str = "cpu",
     if mismatch:
         result.warnings.append(mismatch)
 
+    # DALI's own operators only: the fused CPU kernels (numba) cannot be serialised
     pipe = build_train_pipeline(images, policy, recipe, batch_size=batch_size, device=device,
-                                seed=seed, warn=False)
+                                seed=seed, warn=False, cpu_kernels="dali")
     ops = graph_operators(pipe)
     problems = placement_problems(pipe, device)
     result.operators = dict(Counter((schema, dev) for _, schema, dev, _ in ops))

@@ -39,12 +39,12 @@ from nvidia.dali import math as dmath
 from nvidia.dali.data_node import DataNode
 from nvidia.dali.pipeline import do_not_convert
 
-from dra_dali.dali import cpu_kernels as cpu_kernels_module
+from dra_dali.dali import cpu_kernels as fused
 from dra_dali.ops import FILL_VALUE, OP_NAMES, OPS, kernels, parameter, register
 
 __all__ = ["CPU_KERNELS", "DALI_OPS", "DaliKernel", "INTERPOLATIONS", "apply_op", "dali_affine",
            "dali_kernel", "dali_kernels", "fused_on", "image_size", "matrix_node", "parameter_node",
-           "warp"]
+           "runs_fused", "warp"]
 
 Scalar = Union[DataNode, float, int]
 
@@ -52,9 +52,9 @@ Scalar = Union[DataNode, float, int]
 #: rand_augment and the torch search kernels) or NEAREST (PIL's default, as TF-models).
 INTERPOLATIONS = {"linear": types.INTERP_LINEAR, "nearest": types.INTERP_NN}
 
-#: Kernels for CPU images: ``"fused"`` runs the bilinear warp and the colour family (Brightness,
-#: Color, Contrast, Sharpness, AutoContrast) as compiled loops (:mod:`dra_dali.dali.cpu_kernels`,
-#: 4-8x cheaper on the CPU, same parity); ``"dali"`` keeps DALI's operators everywhere, the graph
+#: Kernels for CPU images: ``"fused"`` runs every operator of ``cpu_kernels.FUSED_KINDS`` and the
+#: bilinear affine family as one compiled loop (:mod:`dra_dali.dali.cpu_kernels`, several times
+#: cheaper on the CPU, same parity tests); ``"dali"`` keeps DALI's operators everywhere, the graph
 #: the GPU runs. GPU images always take DALI's operators.
 CPU_KERNELS = ("fused", "dali")
 
@@ -107,10 +107,8 @@ def dali_affine(name: str):
     """Decorator: register ``matrix(v, size)`` (PIL AFFINE, output -> input; ``size`` = the
     image's ``(width, height)``) for row ``name``; the images go through :func:`warp` with it."""
     def add(matrix):
-        def apply(images, v, *, fill=FILL_VALUE, interpolation="linear", cpu_kernels="fused",
-                  **_):
-            return warp(images, matrix_node(matrix, v, image_size(images)), fill, interpolation,
-                        cpu_kernels)
+        def apply(images, v, *, fill=FILL_VALUE, interpolation="linear", **_):
+            return warp(images, matrix_node(matrix, v, image_size(images)), fill, interpolation)
         register("dali", name, DaliKernel(name, do_not_convert(apply), matrix))
         return matrix
     return add
@@ -267,19 +265,33 @@ def apply_op(name: str, images: DataNode, magnitude: Scalar, sign: Scalar | None
         raise KeyError(f"no DALI kernel for operator {name!r}; registered: {', '.join(table)}")
     kernel = table[name]
     v = parameter_node(name, magnitude, sign, resolution, integer=kernel.integer)
-    if fused_on(images, cpu_kernels) and name in cpu_kernels_module.COLOUR_KINDS:
-        return cpu_kernels_module.colour(images, cpu_kernels_module.COLOUR_KINDS.index(name), v)
-    return kernel.apply(images, v, fill=fill, interpolation=interpolation,
-                        cpu_kernels=cpu_kernels, **extra)
+    if fused_on(images, cpu_kernels) and runs_fused(kernel, interpolation):
+        return fused.fused(images, _fused_parameters(kernel, images, v, fill, extra.get("center")))
+    return kernel.apply(images, v, fill=fill, interpolation=interpolation, **extra)
 
 
-def warp(images: DataNode, matrix, fill: int = FILL_VALUE, interpolation: str = "linear",
-         cpu_kernels: str = "fused") -> DataNode:
+def runs_fused(kernel: DaliKernel, interpolation: str) -> bool:
+    """Whether the fused CPU kernel runs ``kernel`` (bilinear only, for the affine family)."""
+    return fused.fusable(kernel.name, kernel.affine) and (
+        not kernel.affine or interpolation == "linear")
+
+
+def _fused_parameters(kernel: DaliKernel, images: DataNode, v: Scalar, fill: int, center):
+    if kernel.affine:
+        return fused.parameters(fused.AFFINE, v, matrix_node(kernel.matrix, v, image_size(images)),
+                                fill)
+    centre = None
+    if kernel.name == "Cutout":           # the fused kernel takes the centre as u = centre / size
+        hw = fn.cast(images.shape(device="cpu")[0:2], dtype=types.FLOAT)
+        centre = (fn.random.uniform(range=[0.0, 1.0], shape=[2]) if center is None
+                  else (center + 0.5) / hw)
+    return fused.parameters(fused.FUSED_KINDS.index(kernel.name), v, centre=centre)
+
+
+def warp(images: DataNode, matrix, fill: int = FILL_VALUE,
+         interpolation: str = "linear") -> DataNode:
     """``fn.warp_affine`` with PIL's AFFINE coefficients (output pixel centres -> input points;
-    DALI's ``inverse_map`` uses the same convention), the fill and the interpolation; the fused
-    bilinear warp for CPU images (``cpu_kernels="fused"``)."""
-    if interpolation == "linear" and fused_on(images, cpu_kernels):
-        return cpu_kernels_module.warp_bilinear(images, matrix, fill)
+    DALI's ``inverse_map`` uses the same convention), the fill and the interpolation."""
     return fn.warp_affine(images, matrix=matrix, fill_value=float(fill),
                           interp_type=INTERPOLATIONS[interpolation], inverse_map=True)
 

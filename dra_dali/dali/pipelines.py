@@ -380,7 +380,8 @@ def build_train_pipeline(data: "str | Path | ImageList", policy: Policy | None =
                          batch_size: int | None = None, device: str = "cpu",
                          device_id: int | None = None, num_threads: int | None = None,
                          seed: int = 0, shard_id: int = 0, num_shards: int = 1,
-                         shuffle: bool = True, warn: bool = True, checkpoint: str | None = None):
+                         shuffle: bool = True, warn: bool = True, checkpoint: str | None = None,
+                         cpu_kernels: str = "fused"):
     """The training pipeline: reader, decode + random crop, flip, the policy, normalise.
 
     Args:
@@ -402,6 +403,8 @@ def build_train_pipeline(data: "str | Path | ImageList", policy: Policy | None =
         checkpoint: a DALI checkpoint (``Pipeline.checkpoint()`` of a pipeline built with the
             same arguments) to continue from; every pipeline is built with
             ``enable_checkpointing=True``.
+        cpu_kernels: the policy's kernels on CPU images (``augment``'s option): ``"fused"`` or
+            ``"dali"`` (DALI's operators only, which a serialised pipeline needs).
 
     Returns:
         An unbuilt :class:`nvidia.dali.Pipeline` with outputs ``images`` (N x 3 x size x size,
@@ -442,7 +445,7 @@ def build_train_pipeline(data: "str | Path | ImageList", policy: Policy | None =
                 mirror = None
             from dra_dali.dali.compiler import augment
 
-            images = augment(images, policy)
+            images = augment(images, policy, cpu_kernels=cpu_kernels)
         if recipe.cutout and recipe.cutout_before_normalize:
             images = _apply_cutout(images, recipe, fill=0.0)          # uint8 HWC, black
         images = _normalize(images, recipe, mirror)
