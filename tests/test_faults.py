@@ -549,7 +549,7 @@ def test_item3_a_file_replaced_mid_run_is_named_and_the_checkpoint_kept(tmp_path
 
     config = TrainConfig(data=str(tmp_path / "train"), val_data=str(tmp_path / "val"),
                          out=str(tmp_path / "run"), policy="none", pipeline="demo", epochs=4,
-                         batch_size=4, workers=1, lr=0.05)
+                         batch_size=4, threads=1, lr=0.05)
     with pytest.raises(DataError, match=rf"(?s){victim}: not-an-image.*continue with resume"):
         train(config, progress=False, batch_hook=replace_during_second_epoch)
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] >= 1
