@@ -101,6 +101,10 @@ def preset(name: str, output: Path, resolution: int | None) -> None:
     click.echo(f"{name} written to {policy.save(output)}")
 
 
+_SKIP_HELP = ("Exclude unusable image files (with a warning; listed in OUT/excluded_files.txt) "
+              "instead of stopping; a resumed run excludes the same files.")
+
+
 @main.command()
 @click.option("--data", type=click.Path(exists=True, path_type=Path), required=True,
               help="Image folder (one sub-folder per class) or file list the proxy is sampled "
@@ -130,10 +134,12 @@ def preset(name: str, output: Path, resolution: int | None) -> None:
 @click.option("--allow-change", "allowed", multiple=True, metavar="KEY",
               help="With --resume: accept a new value of this recipe key (recorded in "
                    "overrides.jsonl). Repeatable.")
+@click.option("--skip-bad-files/--no-skip-bad-files", default=None,
+              help=_SKIP_HELP + "  [default: the recipe's skip_bad_files, off]")
 def search(data: Path, val_data: Path | None, out: Path, recipe: str | None, method: str | None,
            model: str | None, epochs: int | None, batch_size: int | None, seed: int | None,
            device: str | None, settings: tuple[str, ...], resume: bool, force: bool,
-           allowed: tuple[str, ...]) -> None:
+           allowed: tuple[str, ...], skip_bad_files: bool | None) -> None:
     """Search an augmentation policy (DRA, DDAS, ...) on a proxy task; writes OUT/policy.yaml."""
     from dra_dali.errors import DraDaliError
     from dra_dali.runtime import Stopped
@@ -147,13 +153,14 @@ def search(data: Path, val_data: Path | None, out: Path, recipe: str | None, met
         sets[key.strip()] = value.strip()
     overrides = dict(data=str(data), val_data=str(val_data) if val_data else None,
                      method=method, model=model,
-                     epochs=epochs, batch_size=batch_size, seed=seed, device=device)
+                     epochs=epochs, batch_size=batch_size, seed=seed, device=device,
+                     skip_bad_files=skip_bad_files)
     try:
         config = SearchConfig.from_recipe(recipe, overrides, sets)
         policy = run_search(config, out, resume=resume, force=force, overrides=allowed,
                             recipe=str(recipe) if recipe else None)
-    except DraDaliError as exc:
-        raise click.ClickException(str(exc)) from None
+    except DraDaliError as exc:  # one line, as every command's library errors
+        raise click.ClickException(" ".join(str(exc).split())) from None
     except (Stopped, KeyboardInterrupt) as exc:
         click.echo(f"\ninterrupted; the last completed epoch is saved in {out}/checkpoint.pt — "
                    f"continue with the same command and --resume", err=True)
@@ -205,6 +212,8 @@ def list_presets() -> None:
               "per process  [default: 2]")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
               help="Cap the steps per epoch (smoke tests).")
+@click.option("--skip-bad-files/--no-skip-bad-files", default=None,
+              help=_SKIP_HELP + "  [default: off]")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--force", is_flag=True, help="Overwrite a run in --out (or, with --resume, "
               "train a finished run for more epochs).")
@@ -389,8 +398,11 @@ def compile_command(policy: str, out: Path, device: str, data: str | None, recip
               help="For a file list: accept absolute paths and paths leaving the list's folder.")
 @click.option("--strict", is_flag=True, help="Exit non-zero on warnings too (CMYK, 16-bit, "
               "files the pipeline ignores).")
+@click.option("--skip-bad-files", is_flag=True,
+              help="Preview a run with skip_bad_files: say how many files it would leave out, and "
+                   "exit 0 when every class keeps an image.")
 def check_data_command(data: str, threads: int | None, decode: bool, num_classes: int | None,
-                       allow_absolute_paths: bool, strict: bool) -> None:
+                       allow_absolute_paths: bool, strict: bool, skip_bad_files: bool) -> None:
     """Decode every image of DATA (image folder or file list) in parallel and report, by path,
     files that are empty, truncated, corrupt (also corrupt data a decoder would accept with only
     a warning), not images, in a format DALI cannot decode (GIF, 12-bit JPEG), misnamed (PNG/GIF
@@ -407,8 +419,24 @@ def check_data_command(data: str, threads: int | None, decode: bool, num_classes
     except DataError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(report.summary())
-    if not report.ok or (strict and report.problems):
+    failed = not report.ok
+    if skip_bad_files:
+        failed = False
+        _preview_skipping(images, report)
+    if failed or (strict and report.problems):
         raise SystemExit(1)
+
+
+def _preview_skipping(images, report) -> None:
+    """What a run with skip_bad_files does with the files of ``report``: leaves out the ones
+    DALI cannot decode, or refuses when a class would be left with none (a one-line error)."""
+    from dra_dali.data import exclude
+    from dra_dali.data.checks import BLOCKING
+
+    unusable = [p for p in report.problems if p.kind in BLOCKING]
+    kept = exclude(images, unusable)
+    click.echo(f"with skip_bad_files, a run leaves out {len(unusable)} unusable file(s) and uses "
+               f"{len(kept)} of {len(images)}")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,9 @@ class SearchConfig:
             (``ddas: {policies_per_step: 3}``), validated by the method.
         data: image folder or file list the proxy set is sampled from.
         val_data: optional image folder / list for the policy-update half (same classes).
+        skip_bad_files: exclude unusable image files (with a warning; listed in the run
+            directory's ``excluded_files.txt``) instead of stopping; a resumed search excludes
+            the same files.
         model: model registry name (:func:`dra_dali.models.create_model`).
         proxy_classes: classes sampled for the proxy task (``null``: all).
         images_per_class: images per class in the proxy set (``null``: all); without
@@ -98,6 +101,7 @@ class SearchConfig:
     method_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     data: str | None = None
     val_data: str | None = None
+    skip_bad_files: bool = False
     model: str = "resnet-tiny"
     proxy_classes: int | None = None
     images_per_class: int | None = None

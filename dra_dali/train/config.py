@@ -51,6 +51,10 @@ class TrainConfig:
         amp: mixed precision on CUDA (ignored on CPU).
         threads: DALI CPU threads per process.
         max_steps: stop each epoch after this many steps (``None``: full epochs); for smoke runs.
+        skip_bad_files: exclude unusable image files found before the run starts (with a
+            warning; listed in the run directory's ``excluded_files.txt``) instead of stopping;
+            a resumed run excludes the same files. A file that breaks during the run still
+            stops it (a DALI reader's file list is fixed), naming the file.
     """
 
     data: str
@@ -73,6 +77,7 @@ class TrainConfig:
     amp: bool = True
     threads: int = 2
     max_steps: int | None = None
+    skip_bad_files: bool = False
 
     def __post_init__(self) -> None:
         for name in ("data", "val_data", "out", "policy", "pipeline"):
@@ -98,6 +103,7 @@ class TrainConfig:
             ("device", valid_device(self.device), DEVICE_WORDS),
             ("threads", self.threads >= 1, ">= 1"),
             ("max_steps", self.max_steps is None or self.max_steps >= 1, ">= 1"),
+            ("skip_bad_files", isinstance(self.skip_bad_files, bool), "true or false"),
         ]
         for name, ok, rule in checks:
             if not ok:
@@ -112,6 +118,13 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python form (JSON-ready)."""
         return dataclasses.asdict(self)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """``{setting: default}`` of the settings that have one (a run saved before a setting
+        existed resumes as if it had the default)."""
+        return {f.name: f.default for f in dataclasses.fields(cls)
+                if f.default is not dataclasses.MISSING}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
