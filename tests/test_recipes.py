@@ -87,7 +87,7 @@ def test_user_install_finds_its_recipes(tmp_path, monkeypatch):
     ("crop_scale", [0.5, 0.2], "crop_scale: must satisfy 0 < lo <= hi <= 1"),
     ("ops", ["Rotate", "Warp"], "ops: unknown operator\\(s\\) \\['Warp'\\]"),
     ("ops", ["Rotate", "Rotate"], "ops: operator names must be unique"),
-    ("device", "tpu", "device: must be 'cpu', 'cuda' or 'cuda:N'"),
+    ("device", "tpu", "device: must be auto, cpu, cuda or cuda:N"),
     ("flip", "maybe", "flip: cannot use 'maybe'"),
     ("epochs", 2.5, "epochs: cannot use 2.5"),
 ])
