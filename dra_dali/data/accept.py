@@ -360,7 +360,8 @@ def _dali_decode(paths: list[Path], threads: int, batch_size: int) -> list[np.nd
                   prefetch_queue_depth=1)
     def pipe():
         data, _ = fn.readers.file(files=[str(p) for p in paths], labels=[0] * len(paths),
-                                  random_shuffle=False, pad_last_batch=True)
+                                  random_shuffle=False, pad_last_batch=True,
+                                  dont_use_mmap=True)  # a file truncated meanwhile: no SIGBUS
         return fn.decoders.image(data, device="cpu", output_type=types.RGB)
 
     pipeline = pipe()

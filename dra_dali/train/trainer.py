@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import time
 from dataclasses import dataclass, field
@@ -427,7 +426,7 @@ class Trainer:
     def fit(self, resume: bool = False, force: bool = False,
             overrides: Iterable[str] = ()) -> TrainResult:
         """Set up, open the run directory, resume if asked, train the remaining epochs."""
-        started, own_loaders = time.perf_counter(), self.loaders is None
+        started = time.perf_counter()
         try:
             if resume:  # the files excluded when the run started stay excluded
                 self._excluded_before = read_excluded(self.config.out)
@@ -444,18 +443,8 @@ class Trainer:
             finally:
                 self.run.__exit__(None, None, None)
         finally:
-            self._close(own_loaders)
-
-    def _close(self, own_loaders: bool) -> None:
-        """The end of :meth:`fit`: the DALI loaders it built are released (DALI's file reader
-        maps files into memory: pipelines kept alive by a failed run's exception would give a
-        resume in the same process the old bytes of a file repaired since), and the process
-        group it started is destroyed."""
-        if own_loaders:
-            self.loaders = None
-            gc.collect()
-        if getattr(self, "info", None) is not None and self.info.initialized_here:
-            torch.distributed.destroy_process_group()
+            if getattr(self, "info", None) is not None and self.info.initialized_here:
+                torch.distributed.destroy_process_group()
 
     def _list_excluded(self) -> None:
         """A fresh run with ``skip_bad_files`` lists the files it left out in the run directory
