@@ -277,11 +277,14 @@ class FileGuard:
 
     Example (the training loop's one place that fetches batches):
         >>> guard = FileGuard(train_images, "continue with --resume")  # doctest: +SKIP
-        >>> guard.check_epoch_start()        # raises DataError naming a replaced, broken file
-        >>> try:
+        >>> guard.check_epoch_start()   # doctest: +SKIP
+        >>> try:                        # doctest: +SKIP
         ...     batch = next(iterator)
         ... except RuntimeError as exc:                        # DALI's decoder failed
         ...     raise guard.failure(exc) from None
+
+    ``check_epoch_start`` raises a :class:`DataError` naming a replaced file that no longer
+    decodes.
     """
 
     def __init__(self, images: ImageList, next_step: str = "") -> None:
