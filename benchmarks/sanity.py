@@ -61,7 +61,7 @@ def _config(job: Job) -> SearchConfig:
     values: dict[str, Any] = {
         "method": job.method, "data": a["data"], "model": a["model"], "proxy_classes": 10,
         "images_per_class": a["images_per_class"], "resolution": 32, "batch_size": 32,
-        "epochs": a["epochs"], "crop_scale": [0.35, 1.0], "lr_batch": 128,
+        "epochs": a["epochs"], "crop_scale": [0.35, 1.0], "lr_reference_batch": 128,
         "weight_decay": 5e-4, "seed": job.seed, "threads": 1, "scale": 3.0,
         "ops": list(PAPER_OPS)}
     if job.method == "ddas":

@@ -9,8 +9,32 @@ import click
 
 from dra_dali import __version__
 from dra_dali.policy import Policy, PolicyError, preset_names
+from dra_dali.recipes import recipe_names
+
+#: The search methods, as registered in :mod:`dra_dali.search.methods` (a test keeps the two
+#: in step; importing the registry here would load torch for every command).
+SEARCH_METHODS = ("dra", "ddas", "faster-aa", "das")
 
 _EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+class _Device(click.ParamType):
+    """The one device vocabulary of every command (:mod:`dra_dali.devices`); DALI's ``gpu`` is
+    accepted as ``cuda``."""
+
+    name = "auto|cpu|cuda[:N]"
+
+    def convert(self, value, param, ctx):
+        from dra_dali.devices import DEVICE_WORDS, valid_device
+
+        text = "cuda" if value == "gpu" else str(value)
+        if not valid_device(text):
+            self.fail(f"expected {DEVICE_WORDS}, got {value!r}", param, ctx)
+        return text
+
+
+DEVICE = _Device()
+_DEVICE_HELP = "auto (CUDA when available), cpu, cuda (the local rank's GPU) or cuda:N"
 
 
 def _load_policy(path: Path) -> Policy:
@@ -90,16 +114,17 @@ _SKIP_HELP = ("Exclude unusable image files (with a warning; listed in OUT/exclu
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run directory: policy.yaml, config.yaml, metrics.jsonl, checkpoint, plots.")
 @click.option("--recipe", default=None,
-              help="Search recipe: a YAML file or a shipped name (demo, imagenet-resnet50, "
-                   "cifar10-wrn28-10); flags override its values.")
+              help="Search recipe: a YAML file or a shipped name ("
+                   + ", ".join(recipe_names("search")) + "); flags override its values.")
 @click.option("--method", default=None,
-              help="Search method: dra, ddas, ... (overrides the recipe's `method:`; default "
-                   "dra). Method options: --set ddas.policies_per_step=2.")
+              help="Search method: " + ", ".join(SEARCH_METHODS) + " (overrides the recipe's "
+                   "`method:`; default dra). Method options: --set ddas.policies_per_step=2.")
 @click.option("--model", default=None, help="Model name (overrides the recipe).")
 @click.option("--epochs", type=int, default=None, help="Epochs (overrides the recipe).")
 @click.option("--batch-size", type=int, default=None, help="Batch size (overrides the recipe).")
 @click.option("--seed", type=int, default=None, help="Seed (overrides the recipe).")
-@click.option("--device", default=None, help="cpu, cuda or cuda:N (overrides the recipe).")
+@click.option("--device", type=DEVICE, default=None, help=_DEVICE_HELP + " (overrides the "
+              "recipe).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Override any recipe key, e.g. --set images_per_class=20 --set "
                    "sampling=batch --set ops='[Rotate, Invert]'. Repeatable.")
@@ -152,8 +177,6 @@ def list_presets() -> None:
         click.echo(name)
 
 
-_DEVICE_HELP = "auto (CUDA when available), cpu, cuda (the local rank's GPU) or cuda:N"
-
 
 @main.command("train")
 @click.option("--config", "config_file", type=_EXISTING_FILE, default=None,
@@ -183,9 +206,9 @@ _DEVICE_HELP = "auto (CUDA when available), cpu, cuda (the local rank's GPU) or 
               help="[default: 0.1]")
 @click.option("--seed", default=None, type=int, help="Seeds weights, data order and "
               "augmentation  [default: 0]")
-@click.option("--device", default=None, help=_DEVICE_HELP + "  [default: auto]")
+@click.option("--device", type=DEVICE, default=None, help=_DEVICE_HELP + "  [default: auto]")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA  [default: on]")
-@click.option("--workers", default=None, type=click.IntRange(min=1), help="DALI CPU threads "
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="DALI CPU threads "
               "per process  [default: 2]")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
               help="Cap the steps per epoch (smoke tests).")
@@ -273,7 +296,8 @@ def demo(out: Path, epochs: int | None, seed: int, seeds: int, force: bool) -> N
 @click.option("--pipeline", default="demo", help="Training pipeline recipe.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
               help="Cap training steps per epoch (quick checks).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
+@click.option("--device", type=DEVICE, default="auto", help=_DEVICE_HELP + ", for every "
+              "search and training.")
 def compare(methods: str, data: str | None, val_data: str | None, out: Path, seeds: int,
             search_epochs: int, epochs: int, recipe: str, proxy_images: int | None, model: str,
             pipeline: str, max_steps: int | None, device: str) -> None:
@@ -317,8 +341,8 @@ def _default_recipe(data: str | None) -> str:
 @click.argument("policy")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for pipeline.dali, summary.txt, preview.png, config.yaml, policy.yaml.")
-@click.option("--device", default="cpu", help="Where the pipeline decodes and augments: cpu, "
-              "cuda or cuda:N (mixed decode, GPU operators; gpu means cuda).")
+@click.option("--device", type=DEVICE, default="cpu", help="Where the pipeline decodes and "
+              "augments: " + _DEVICE_HELP + " (mixed decode, GPU operators).")
 @click.option("--data", default=None, help="Images the pipeline reads and the preview shows "
               "(image folder or file list)  [default: the embedded demo dataset]")
 @click.option("--pipeline", "recipe", default=None, help="Pipeline recipe: imagenet, cifar, demo "
@@ -334,14 +358,15 @@ def compile_command(policy: str, out: Path, device: str, data: str | None, recip
     from dra_dali.dali.export import compile_policy
     from dra_dali.dali.loader import dali_placement
     from dra_dali.dali.pipelines import load_recipe, resolve_policy
+    from dra_dali.devices import resolve_device
 
-    dali_device, _ = dali_placement(device)
+    dali_device, _ = dali_placement(resolve_device(device))
     recipe = recipe or _default_recipe(data)
     if Path(policy).exists() or Path(policy).suffix in (".yaml", ".yml"):
         loaded = _load_policy(Path(policy))
     else:
         try:
-            loaded = resolve_policy(policy, load_recipe(recipe).size)
+            loaded = resolve_policy(policy, load_recipe(recipe).resolution)
         except PolicyError as exc:
             raise click.ClickException(f"{policy!r} is neither a policy file nor a preset: "
                                        f"{exc}") from None
@@ -361,7 +386,7 @@ def compile_command(policy: str, out: Path, device: str, data: str | None, recip
 
 @main.command("check-data")
 @click.argument("data")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
+@click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Decoding threads  [default: 2 per CPU core]")
 @click.option("--decode/--headers-only", default=True,
               help="Decode every image (JPEGs in libjpeg's strict mode, which also catches "
@@ -376,7 +401,7 @@ def compile_command(policy: str, out: Path, device: str, data: str | None, recip
 @click.option("--skip-bad-files", is_flag=True,
               help="Preview a run with skip_bad_files: say how many files it would leave out, and "
                    "exit 0 when every class keeps an image.")
-def check_data_command(data: str, workers: int | None, decode: bool, num_classes: int | None,
+def check_data_command(data: str, threads: int | None, decode: bool, num_classes: int | None,
                        allow_absolute_paths: bool, strict: bool, skip_bad_files: bool) -> None:
     """Decode every image of DATA (image folder or file list) in parallel and report, by path,
     files that are empty, truncated, corrupt (also corrupt data a decoder would accept with only
@@ -390,7 +415,7 @@ def check_data_command(data: str, workers: int | None, decode: bool, num_classes
     try:
         images = scan_images(data, num_classes=num_classes, allow_absolute=allow_absolute_paths)
         with tqdm(total=len(images), unit="img", disable=None, leave=False) as bar:
-            report = check_data(images, workers=workers, progress=bar.update, decode=decode)
+            report = check_data(images, threads=threads, progress=bar.update, decode=decode)
     except DataError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(report.summary())

@@ -76,7 +76,7 @@ def bad_folder(tmp_path_factory, embedded):
 
 
 def test_check_data_names_every_bad_file_with_its_kind(bad_folder):
-    report = check_data(bad_folder, workers=2)
+    report = check_data(bad_folder, threads=2)
     found = {str(p.path.relative_to(bad_folder)): p.kind for p in report.problems}
     for name, kind in EXPECTED.items():
         assert found.get(name) == kind, (name, found.get(name))
@@ -86,7 +86,7 @@ def test_check_data_names_every_bad_file_with_its_kind(bad_folder):
 
 
 def test_check_data_cli_exits_non_zero_and_prints_each_path(bad_folder):
-    result = CliRunner().invoke(main, ["check-data", str(bad_folder), "--workers", "2"])
+    result = CliRunner().invoke(main, ["check-data", str(bad_folder), "--threads", "2"])
     assert result.exit_code == 1
     for name, kind in EXPECTED.items():
         assert f"{bad_folder / name}: {kind}:" in result.output, name

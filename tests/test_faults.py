@@ -211,7 +211,7 @@ _BAD = {"a/garbled.jpg": corrupt_but_decodable_jpeg(), "b/text.jpg": b"hello, no
 def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
     return ["train", "--data", str(data), "--val-data", str(data), "--out", str(out),
             "--pipeline", "demo", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
-            "--workers", "1", "--no-progress", *extra]
+            "--threads", "1", "--no-progress", *extra]
 
 
 def _listed(out: Path) -> list[str]:
@@ -704,7 +704,7 @@ def test_item3_a_file_replaced_mid_run_is_named_and_the_checkpoint_kept(tmp_path
             victim.write_text("this is not a picture\n")
 
     config = TrainConfig(data=str(data), val_data=str(val), out=str(tmp_path / "run"),
-                         policy="none", pipeline="demo", epochs=4, batch_size=4, workers=1,
+                         policy="none", pipeline="demo", epochs=4, batch_size=4, threads=1,
                          lr=0.05)
     with pytest.raises(DataError, match=rf"(?s){victim}: not-an-image.*continue with resume"):
         train(config, progress=False, batch_hook=replace_during_second_epoch)
@@ -731,7 +731,7 @@ def test_item3_files_broken_mid_epoch_are_named_a_mid_epoch_checkpoint_kept_and_
     def config(out: str) -> TrainConfig:
         return TrainConfig(data=str(data), val_data=str(val), out=str(tmp_path / out),
                            policy="ra-n2-m9", pipeline="demo", epochs=2, batch_size=4,
-                           workers=1, lr=0.05, device="cpu")
+                           threads=1, lr=0.05, device="cpu")
 
     reference = train(config("reference"), progress=False)
     with pytest.raises(DataError) as caught:

@@ -297,7 +297,7 @@ def test_scheduled_policy_switches_at_its_boundary(embedded):
     policy = Policy.from_dict({"format": "dra-policy/2", "schedule": [
         {"start_epoch": 0, "policy": invert}, {"start_epoch": 1, "policy": nothing}]})
     assert policy.schedule_boundaries == (1,)
-    recipe = {"name": "plain", "size": 32, "crop": "center", "flip": False, "val_resize": 32}
+    recipe = {"name": "plain", "resolution": 32, "crop": "center", "flip": False, "val_resize": 32}
     loader = DALILoader(subset, policy, recipe=recipe, batch_size=10, num_threads=1)
     plain = DALILoader(subset, recipe=recipe, batch_size=10, train=False, num_threads=1)
     reference = {int(i): x for x, t in plain for i, x in zip(t, x)}

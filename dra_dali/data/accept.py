@@ -158,7 +158,7 @@ def accept_images(source: "str | Path | ImageList", *, decode: bool | str = Fals
                   skip_bad_files: bool = False,
                   excluded_before: Sequence[Problem] | None = None,
                   num_classes: int | None = None, allow_absolute: bool = False,
-                  workers: int | None = None) -> Accepted:
+                  threads: int | None = None) -> Accepted:
     """Scan ``source`` and apply the acceptance rules that search and train share.
 
     Args:
@@ -175,7 +175,7 @@ def accept_images(source: "str | Path | ImageList", *, decode: bool | str = Fals
             so that the run continues on the files it started with.
         num_classes: for a file list, the class count its labels must stay below.
         allow_absolute: for a file list, accept paths outside the list's folder.
-        workers: checking threads.
+        threads: checking threads.
 
     Returns:
         An :class:`Accepted`.
@@ -194,7 +194,7 @@ def accept_images(source: "str | Path | ImageList", *, decode: bool | str = Fals
     stamps = file_stamps(images.paths)  # before checking: a later change is always seen
     if decode == "auto":
         decode = len(images) <= AUTO_DECODE_LIMIT
-    problems = check_files(images.paths, decode=bool(decode), workers=workers)
+    problems = check_files(images.paths, decode=bool(decode), threads=threads)
     _warn_caveats(images.source, problems)
     blocking = [p for p in problems if p.kind in BLOCKING]
     if blocking:
@@ -220,7 +220,7 @@ def exclude(images: ImageList, problems: Sequence[Problem]) -> ImageList:
     return images
 
 
-def check_headers(source: "str | Path | ImageList", workers: int | None = None) -> ImageList:
+def check_headers(source: "str | Path | ImageList", threads: int | None = None) -> ImageList:
     """The fast pre-flight check: :func:`accept_images` without decoding; returns the images.
 
     Raises:
@@ -231,10 +231,10 @@ def check_headers(source: "str | Path | ImageList", workers: int | None = None) 
         >>> len(check_headers(embedded_dataset().val))
         500
     """
-    return accept_images(source, workers=workers).images
+    return accept_images(source, threads=threads).images
 
 
-def recheck_changed(accepted: Accepted, workers: int | None = None) -> list[Problem]:
+def recheck_changed(accepted: Accepted, threads: int | None = None) -> list[Problem]:
     """At an epoch start: ``stat`` every accepted file and fully check (strict decode) those
     whose size or modification time changed since they were accepted; their stamps are then
     updated, so each change is checked once.
@@ -252,11 +252,11 @@ def recheck_changed(accepted: Accepted, workers: int | None = None) -> list[Prob
     accepted.stamps.update(now)
     if not changed:
         return []
-    found = check_files(changed, decode=True, workers=workers)
+    found = check_files(changed, decode=True, threads=threads)
     return [p for p in found if p.kind in BLOCKING]
 
 
-def name_culprits(paths: Sequence[Path | str], workers: int | None = None) -> list[Problem]:
+def name_culprits(paths: Sequence[Path | str], threads: int | None = None) -> list[Problem]:
     """After a decoder failure on a batch: fully check (strict decode) the batch's files and
     return the unusable ones (with why), so the error can name them.
 
@@ -264,7 +264,7 @@ def name_culprits(paths: Sequence[Path | str], workers: int | None = None) -> li
         >>> name_culprits(["data/a.jpg", "data/b.jpg"])        # doctest: +SKIP
         [Problem(path=PosixPath('data/b.jpg'), kind='corrupt', ...)]
     """
-    found = check_files([Path(p) for p in paths], decode=True, workers=workers)
+    found = check_files([Path(p) for p in paths], decode=True, threads=threads)
     return [p for p in found if p.kind in BLOCKING]
 
 
@@ -277,11 +277,14 @@ class FileGuard:
 
     Example (the training loop's one place that fetches batches):
         >>> guard = FileGuard(train_images, "continue with --resume")  # doctest: +SKIP
-        >>> guard.check_epoch_start()        # raises DataError naming a replaced, broken file
-        >>> try:
+        >>> guard.check_epoch_start()   # doctest: +SKIP
+        >>> try:                        # doctest: +SKIP
         ...     batch = next(iterator)
         ... except RuntimeError as exc:                        # DALI's decoder failed
         ...     raise guard.failure(exc) from None
+
+    ``check_epoch_start`` raises a :class:`DataError` naming a replaced file that no longer
+    decodes.
     """
 
     def __init__(self, images: ImageList, next_step: str = "") -> None:

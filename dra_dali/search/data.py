@@ -235,7 +235,7 @@ def crop_flip(images: torch.Tensor, config: SearchConfig,
 
     Args:
         images: ``(B, 3, S, S)`` uint8 proxy images.
-        config: ``crop`` (``rrc``/``pad``/``center``/``none``), ``crop_scale``, ``pad``,
+        config: ``crop`` (``random_resized``/``pad``/``center``/``none``), ``crop_scale``, ``pad``,
             ``flip``, ``resolution``, and ``policy_crop`` for the policy half.
         generator: random generator for the crop boxes and flips.
         policy_half: crop as ``policy_crop`` says (``same``: like the model half; ``center`` or
@@ -249,7 +249,7 @@ def crop_flip(images: torch.Tensor, config: SearchConfig,
         crop, flip = config.policy_crop, False
     x = images.float() / 255.0
     r = config.resolution
-    if crop == "rrc":
+    if crop == "random_resized":
         x = _random_resized_crop(x, r, config.crop_scale, generator)
     elif crop == "center":
         # Resize to 8/7 of the resolution (256 for 224), keep the central square.

@@ -29,6 +29,7 @@ from torch import nn
 
 from dra_dali import __version__
 from dra_dali.data import EXCLUDED_FILE, excluded_text, read_excluded
+from dra_dali.devices import resolve_device
 from dra_dali.policy import Policy
 from dra_dali.runtime import CHECKPOINT as CHECKPOINT_NAME
 from dra_dali.runtime import RunDir, RunDirError, StopSignals, derive_seed
@@ -70,7 +71,7 @@ class SearchState:
     def __init__(self, config: SearchConfig, num_classes: int, steps_per_epoch: int,
                  model_factory: ModelFactory) -> None:
         self.config = config
-        self.device = torch.device(config.device)
+        self.device = torch.device(resolve_device(config.device))
         torch.manual_seed(config.seed)
         self.model = model_factory(config.model, num_classes, **config.model_args).to(self.device)
         self.method: SearchMethod = get_method(config.method)(

@@ -9,15 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dra_dali import renamed
+from dra_dali.devices import DEVICE_WORDS, valid_device
 from dra_dali.errors import DraDaliError
 
-__all__ = ["TrainConfig", "TrainError", "valid_device"]
-
-
-def valid_device(device: str) -> bool:
-    """Whether ``device`` is one of the device words: auto, cpu, cuda, cuda:N."""
-    text = str(device)
-    return text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit())
+__all__ = ["TrainConfig", "TrainError"]
 
 
 class TrainError(DraDaliError):
@@ -53,7 +49,7 @@ class TrainConfig:
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"`` (the local rank's GPU) or
             ``"cuda:N"``; DALI decodes and augments on the same device.
         amp: mixed precision on CUDA (ignored on CPU).
-        workers: DALI CPU threads per process.
+        threads: DALI CPU threads per process.
         max_steps: stop each epoch after this many steps (``None``: full epochs); for smoke runs.
         skip_bad_files: exclude unusable image files found before the run starts (with a
             warning; listed in the run directory's ``excluded_files.txt``) instead of stopping;
@@ -79,7 +75,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
-    workers: int = 2
+    threads: int = 2
     max_steps: int | None = None
     skip_bad_files: bool = False
 
@@ -104,8 +100,8 @@ class TrainConfig:
             ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"),
             ("warmup_start", 0 <= self.warmup_start <= 1, "in [0, 1]"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
-            ("device", valid_device(self.device), "auto, cpu, cuda or cuda:N"),
-            ("workers", self.workers >= 1, ">= 1"),
+            ("device", valid_device(self.device), DEVICE_WORDS),
+            ("threads", self.threads >= 1, ">= 1"),
             ("max_steps", self.max_steps is None or self.max_steps >= 1, ">= 1"),
             ("skip_bad_files", isinstance(self.skip_bad_files, bool), "true or false"),
         ]
@@ -137,6 +133,7 @@ class TrainConfig:
         Raises:
             TrainError: unknown keys or invalid values.
         """
+        data = renamed.translate(data, renamed.TRAIN, "training configuration")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -165,6 +162,7 @@ class TrainConfig:
         data = load_yaml(Path(path), what="training configuration", error=TrainError)
         if not isinstance(data, dict):
             raise TrainError(f"{path}: expected a mapping of training settings")
+        data = renamed.translate(data, renamed.TRAIN, str(path))
         merged = {**data, **{k: v for k, v in changes.items() if v is not None}}
         try:
             return cls.from_dict(merged)

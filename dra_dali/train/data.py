@@ -71,7 +71,7 @@ class DaliLoaders:
     DALI's checkpointing (:meth:`state_dict`), which makes resuming exact.
 
     Args:
-        config: the run configuration (data, batch size, seed, workers).
+        config: the run configuration (data, batch size, seed, threads).
         policy: the augmentation policy, or ``None`` for crop/flip/normalise only.
         info: this process's place in the process group (device, rank, world).
         recipe: the pipeline recipe.
@@ -94,7 +94,7 @@ class DaliLoaders:
         self.classes: tuple[str, ...] = self.train_images.classes
         self.num_classes = len(self.classes)
         common = dict(batch_size=config.batch_size, device=str(info.device),
-                      num_threads=config.workers, shard_id=info.rank, num_shards=info.world)
+                      num_threads=config.threads, shard_id=info.rank, num_shards=info.world)
         self._train = self._loader("data", self.train_images, policy, recipe, seed=config.seed,
                                    **common)
         self._val = self._loader("val_data", self.val_images, None, recipe, train=False,

@@ -39,7 +39,7 @@ RUN_FILES = {"config": "config.yaml", "policy": "policy.yaml", "metrics": "metri
 #: Exit status of ``dra-dali train`` after SIGTERM (checkpoint saved), 130 after Ctrl-C.
 INTERRUPTED_EXIT = SIGTERM_EXIT
 #: Settings that may change on resume without changing results.
-_NO_EFFECT = ("workers", "device", "out")
+_NO_EFFECT = ("threads", "device", "out")
 #: Steps between progress-bar updates and, with several processes, between stop agreements.
 _SYNC_EVERY = 10
 _FORMAT = "dra-dali-checkpoint/2"
@@ -175,7 +175,7 @@ class Trainer:
         self.info = info = init_distributed(config.device)
         dali_placement(str(info.device))  # one vocabulary: the loaders follow the torch device
         recipe = load_recipe(config.pipeline)
-        self.policy = resolve_policy(config.policy, recipe.size)
+        self.policy = resolve_policy(config.policy, recipe.resolution)
         if self.loaders is None:
             from dra_dali.train.data import DaliLoaders
 
