@@ -31,6 +31,7 @@ from nvidia.dali import math as dmath
 from nvidia.dali.data_node import DataNode
 
 from dra_dali.dali.draws import NEGLIGIBLE_PROBABILITY, LayerDraws, policy_draws
+from dra_dali.dali.node_meta import check_images
 from dra_dali.dali.operators import (
     INTERPOLATIONS,
     DaliKernel,
@@ -241,7 +242,8 @@ def _apply_layer(images, policy: Policy, j: int, layer: LayerDraws, interpolatio
 
 
 def augment(images: DataNode, policy: "Policy | str | Path", trace: bool = False,
-            seed: int | None = None, interpolation: str = "linear"):
+            seed: int | None = None, interpolation: str = "linear",
+            resolution: int | None = None):
     """Apply ``policy`` to a batch of uint8 HWC images inside a DALI pipeline definition.
 
     Call it inside your own ``@pipeline_def(enable_conditionals=True)``; the images may live on
@@ -252,13 +254,16 @@ def augment(images: DataNode, policy: "Policy | str | Path", trace: bool = False
     Args:
         images: uint8 HWC DataNode (``cpu`` or ``gpu``), e.g. the output of a decoder or crop.
         policy: the :class:`~dra_dali.Policy` to apply, a policy file, or a preset name
-            (``"rand-m9-mstd0.5"``, ``"dra-imagenet-resnet-50"``; made at the preset's own
-            resolution: use ``Policy.preset(name, resolution=...)`` for another image size).
+            (``"rand-m9-mstd0.5"``, ``"dra-imagenet-resnet-50"``).
         trace: also return an :class:`AugmentTrace` with the draws per image and layer.
         seed: optional seed for the random operators (default: derived from the pipeline seed).
         interpolation: ``"linear"`` (bilinear, as DALI's rand_augment and the torch search
             kernels) or ``"nearest"`` (PIL's default, as TF-models RandAugment; about 9x
             cheaper than bilinear in DALI's CPU ``warp_affine``) for the geometric operators.
+        resolution: the side of the images in pixels: the policy (object, file or preset) is
+            adapted to it (``Policy.with_resolution``: the translate range follows it). A DALI
+            graph does not know its images' size when it is defined, so without it the policy
+            keeps its own ``resolution`` (a preset's: 224 for RandAugment/TA/timm strings).
 
     Returns:
         The augmented images (same device, uint8 HWC), or ``(images, AugmentTrace)`` when
@@ -266,7 +271,15 @@ def augment(images: DataNode, policy: "Policy | str | Path", trace: bool = False
 
     Raises:
         TypeError: if ``images`` is not a DataNode or ``policy`` not a Policy.
+        ImageInputError: (a ``DraDaliError``) the graph says the images are not uint8 HWC
+            (checked here, when the graph is defined, from what DALI's operator schemas infer;
+            see :mod:`dra_dali.dali.node_meta`); the message names what it found.
         ValueError: for an unknown interpolation.
+        PolicyError: ``resolution`` is not a positive integer.
+
+    Warns:
+        UserWarning: the graph cannot tell the images' dtype (an external source declared
+            without it), so the check cannot run.
 
     Example:
         >>> # inside @pipeline_def(enable_conditionals=True, ...):
@@ -275,7 +288,10 @@ def augment(images: DataNode, policy: "Policy | str | Path", trace: bool = False
     if not isinstance(images, DataNode):
         raise TypeError(f"augment: images must be a DALI DataNode (uint8 HWC), got "
                         f"{type(images).__name__}; call augment inside a @pipeline_def")
+    check_images(images, "augment")
     policy = _as_policy(policy)
+    if resolution is not None:
+        policy = policy.with_resolution(resolution)
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"augment: interpolation must be one of {sorted(INTERPOLATIONS)}, got "
                          f"{interpolation!r}")
