@@ -311,3 +311,26 @@ def test_scheduled_policy_switches_at_its_boundary(embedded):
                 if inverted:                                        # 255 - x, normalised
                     expected = ((1 - (expected * std + mean)) - mean) / std
                 assert torch.allclose(image, expected, atol=0.02), (epoch, int(label))
+
+
+def test_a_policy_file_made_for_224_px_is_adapted_to_the_32_px_pipeline(embedded, tmp_path):
+    """TranslateX at m = 1 moves a 224 px policy's images by 100 px; on the 32 px pipeline the
+    file is adapted (10 px, the same image fraction as the paper's CIFAR range), not kept (100 px
+    would leave only the fill)."""
+    subset = _indexed(embedded, per_class=1)
+    path = Policy.from_dict({"ops": ["TranslateX"], "resolution": 224, "apply_prob": [1.0, 1.0],
+                             "layers": [{"logits": [0.0], "mean": [1.0], "std": [0.0]}]}
+                            ).save(tmp_path / "translate.yaml")
+    recipe = {"name": "plain", "size": 32, "crop": "center", "flip": False, "val_resize": 32}
+    with pytest.warns(UserWarning, match="made for 224 px images and is adapted to the "
+                                         "pipeline's 32 px.*up to 10 px at m = 1"):
+        loader = DALILoader(subset, path, recipe=recipe, batch_size=10, num_threads=1)
+    assert loader.policy.resolution == 32
+    plain = DALILoader(subset, recipe=recipe, batch_size=10, train=False, num_threads=1)
+    reference = {int(i): x for x, t in plain for i, x in zip(t, x)}
+    for images, labels in loader:
+        for image, label in zip(images, labels):
+            original = reference[int(label)]
+            moved = [torch.allclose(image[:, :, 10:], original[:, :, :-10], atol=0.02),
+                     torch.allclose(image[:, :, :-10], original[:, :, 10:], atol=0.02)]
+            assert any(moved), int(label)                 # shifted by 10 px, left or right
