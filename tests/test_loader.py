@@ -76,6 +76,26 @@ def test_validation_loader_is_ordered_and_refuses_a_policy(embedded):
         DALILoader(embedded.val, Policy.preset("ta"), recipe="demo", train=False)
 
 
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_validation_loader_reuses_its_pipeline_after_a_complete_epoch(embedded, drop_last):
+    subset = _indexed(embedded, per_class=4)                 # 40 samples, batch 6: 6 full + 4
+    loader = DALILoader(subset, recipe="demo", batch_size=6, train=False, num_threads=1,
+                        drop_last=drop_last)
+    epochs = []
+    for _ in range(3):
+        epochs.append([(x, t) for x, t in loader])
+        if len(epochs) == 1:
+            pipeline = loader.pipeline
+        assert loader.pipeline is pipeline                   # kept, not built again
+    labels = [torch.cat([t for _, t in epoch]).tolist() for epoch in epochs]
+    assert labels[0] == list(range(36 if drop_last else 40)) and labels[0] == labels[1] == labels[2]
+    for x, y in zip(epochs[0], epochs[2]):
+        assert torch.equal(x[0], y[0])
+    next(iter(loader))                                       # an epoch left early: not kept
+    assert [t.tolist() for _, t in loader][0] == list(range(6))
+    assert loader.pipeline is not pipeline
+
+
 # ----- the DataLoader surface trainers use ------------------------------------------------------
 
 def _cheap_policy() -> Policy:
