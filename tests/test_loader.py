@@ -135,6 +135,23 @@ def test_set_epoch_selects_the_epoch_order(embedded):
     assert torch.cat([t for _, t in jumped]).tolist() == orders[1]
 
 
+def test_the_next_epoch_built_ahead_gives_the_same_batches(embedded):
+    subset = _indexed(embedded, per_class=3)                     # 30 samples, batch 8: 4 batches
+    ahead = DALILoader(subset, _cheap_policy(), recipe="demo", batch_size=8, num_threads=1,
+                       seed=2)
+    plain = DALILoader(subset, _cheap_policy(), recipe="demo", batch_size=8, num_threads=1,
+                       seed=2, build_ahead=False)
+    built = None
+    for epoch in range(3):
+        got, want = list(ahead), list(plain)
+        if built is not None:
+            assert ahead.pipeline is built                       # the one built in the background
+        assert [t.tolist() for _, t in got] == [t.tolist() for _, t in want]
+        assert all(torch.equal(a, b) for (a, _), (b, _) in zip(got, want))
+        assert ahead._ahead[0] == epoch + 1 and plain._ahead is None
+        built = ahead._ahead[1].result()["pipeline"]
+
+
 def test_break_does_not_read_the_rest_of_the_epoch(embedded):
     subset = _indexed(embedded, per_class=4)
     loader = DALILoader(subset, recipe="demo", batch_size=4, num_threads=1)
