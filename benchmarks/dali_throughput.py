@@ -9,7 +9,10 @@ Everything runs in this one script, interleaved in rounds, on the same JPEG file
     reference operators of ``tests/pil_reference.py`` with torchvision's RandomResizedCrop rule),
 (d) the compiled ``ra-n2-m9`` ÷ DALI's ``rand_augment(n=2, m=9)``, both bilinear, and both with
     nearest-neighbour geometric operators (variants ``...@nearest``),
-(e) the cost per operator: one operator on pre-decoded images minus a plain copy.
+(e) the cost per operator: one operator on pre-decoded images minus a plain copy,
+(f) with ``--dali-kernels``: the compiled policies and the operators also with DALI's own CPU
+    operators (``cpu_kernels="dali"``, the graph GPU images get) instead of the fused CPU
+    kernels (variants ``...@dali-kernels``), to show what the fused kernels buy.
 
 Every DALI pipeline is: file reader (shuffled) -> JPEG decode -> random-resized-crop ->
 [augmentation] -> flip + normalise to NCHW float (``crop_mirror_normalize``). On ``--device gpu``
@@ -84,17 +87,23 @@ def make_jpegs(folder: Path, count: int = 64, seed: int = 0) -> list[str]:
 
 
 # ----- DALI pipelines -----------------------------------------------------------------------------
-def variant_parts(variant: str) -> tuple[str, str]:
-    """``"ra-n2-m9@nearest"`` -> ``("ra-n2-m9", "nearest")``; default interpolation linear."""
-    name, _, interpolation = variant.partition("@")
-    return name, interpolation or "linear"
+def variant_parts(variant: str) -> tuple[str, str, str]:
+    """``"ra-n2-m9@nearest@dali-kernels"`` -> ``("ra-n2-m9", "nearest", "dali")``; by default
+    bilinear and the fused CPU kernels."""
+    name, *options = variant.split("@")
+    unknown = set(options) - {"nearest", "dali-kernels"}
+    if unknown:
+        raise ValueError(f"unknown variant options {sorted(unknown)} in {variant!r}")
+    return (name, "nearest" if "nearest" in options else "linear",
+            "dali" if "dali-kernels" in options else "fused")
 
 
 def dali_pipeline(files: list[str], variant: str, batch_size: int, threads: int, seed: int = 0,
                   device: str = "cpu", size: int = 224, build: bool = True):
     """Reader -> decode -> RRC ``size`` -> augmentation ``variant`` -> flip + normalise.
 
-    ``variant``: ``none``, ``dali-rand-augment`` or a preset name, optionally ``@nearest``.
+    ``variant``: ``none``, ``dali-rand-augment`` or a preset name, optionally ``@nearest`` and
+    (presets) ``@dali-kernels``.
     On ``device="gpu"`` the decoder is mixed and the image operators run on the GPU.
     """
     from nvidia.dali import fn, pipeline_def, types
@@ -103,7 +112,7 @@ def dali_pipeline(files: list[str], variant: str, batch_size: int, threads: int,
     from dra_dali import Policy
     from dra_dali.dali import augment
 
-    name, interpolation = variant_parts(variant)
+    name, interpolation, cpu_kernels = variant_parts(variant)
     policy = Policy.preset(name) if name not in ("none", "dali-rand-augment") else None
     interp = {"linear": types.INTERP_LINEAR, "nearest": types.INTERP_NN}[interpolation]
 
@@ -118,7 +127,8 @@ def dali_pipeline(files: list[str], variant: str, batch_size: int, threads: int,
         if name == "dali-rand-augment":
             images = rand_augment.rand_augment(images, n=2, m=9, interp_type=interp)
         elif policy is not None:
-            images = augment(images, policy, interpolation=interpolation)
+            images = augment(images, policy, interpolation=interpolation,
+                             cpu_kernels=cpu_kernels)
         images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
                                           mean=MEAN, std=STD, mirror=fn.random.coin_flip())
         return images, labels
@@ -129,7 +139,7 @@ def dali_pipeline(files: list[str], variant: str, batch_size: int, threads: int,
     return p
 
 
-def op_pipeline(name: str | None, batch_size: int, threads: int):
+def op_pipeline(name: str | None, batch_size: int, threads: int, cpu_kernels: str = "fused"):
     """One catalog operator (m = 0.5, sign +1) on fed 224 px images; ``None`` = plain copy."""
     from nvidia.dali import fn, pipeline_def, types
 
@@ -142,7 +152,7 @@ def op_pipeline(name: str | None, batch_size: int, threads: int):
         if name is None:
             return fn.copy(images)
         m = fn.random.uniform(range=[0.5, 0.500001])            # a per-sample DataNode
-        return DALI_OPS[name](images, m, 1.0)
+        return DALI_OPS[name](images, m, 1.0, cpu_kernels=cpu_kernels)
 
     p = pipe()
     p.build()
@@ -314,6 +324,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(dra_dali.models name: resnet50, resnet-tiny, ...)")
     parser.add_argument("--nearest", action="store_true",
                         help="also the variants with nearest-neighbour geometric operators")
+    parser.add_argument("--dali-kernels", action="store_true",
+                        help="also the compiled policies and operators with DALI's own CPU "
+                        "operators instead of the fused CPU kernels")
     parser.add_argument("--quick", action="store_true", help="2 rounds, 4 batches")
     parser.add_argument("--skip-pil", action="store_true")
     parser.add_argument("--skip-ops", action="store_true")
@@ -328,6 +341,8 @@ def variants(args) -> list[str]:
     names = ["none", "dali-rand-augment", "ra-n2-m9", args.policy]
     if args.nearest:
         names += [f"{n}@nearest" for n in names[1:]]
+    if args.dali_kernels:
+        names += [f"{n}@dali-kernels" for n in ("ra-n2-m9", args.policy)]
     return names
 
 
@@ -358,13 +373,17 @@ def measure(args, files: list[str]) -> tuple[dict, dict]:
 
 
 def operator_costs(args, files: list[str]) -> dict[str, float]:
-    """CPU ms per image of each operator on top of a plain copy (median over rounds)."""
+    """CPU ms per image of each operator on top of a plain copy (median over rounds); with
+    ``--dali-kernels`` also with DALI's own CPU operators (keys ``"<name> (dali)"``)."""
     from dra_dali.ops import OP_NAMES
 
     with Image.open(files[0]) as im:                # a real photo, repeated
         photo = np.asarray(im.convert("RGB").resize((args.size, args.size)), dtype=np.uint8)
     batch = [photo.copy() for _ in range(args.batch_size)]
-    pipes = {name: op_pipeline(name, args.batch_size, args.threads) for name in (None, *OP_NAMES)}
+    kernel_sets = {"": "fused", " (dali)": "dali"} if args.dali_kernels else {"": "fused"}
+    pipes = {"copy": op_pipeline(None, args.batch_size, args.threads)}
+    pipes.update({f"{name}{suffix}": op_pipeline(name, args.batch_size, args.threads, kernels)
+                  for name in OP_NAMES for suffix, kernels in kernel_sets.items()})
 
     def run(p) -> float:
         p.feed_input("images", batch)
@@ -374,10 +393,11 @@ def operator_costs(args, files: list[str]) -> dict[str, float]:
 
     costs: dict[str, list[float]] = {}
     for _ in range(max(3, args.rounds)):
-        base = statistics.median(run(pipes[None]) for _ in range(3))
-        for name in OP_NAMES:
-            t = statistics.median(run(pipes[name]) for _ in range(3))
-            costs.setdefault(name, []).append(1000 * (t - base) / args.batch_size)
+        base = statistics.median(run(pipes["copy"]) for _ in range(3))
+        for key, pipe in pipes.items():
+            if key != "copy":
+                t = statistics.median(run(pipe) for _ in range(3))
+                costs.setdefault(key, []).append(1000 * (t - base) / args.batch_size)
     return {k: statistics.median(v) for k, v in costs.items()}
 
 
@@ -389,6 +409,9 @@ def ratio_pairs(args, med: dict) -> list[tuple[str, str]]:
         pairs += [("ra-n2-m9@nearest", "dali-rand-augment"),
                   ("ra-n2-m9@nearest", "dali-rand-augment@nearest"),
                   (f"{dra}@nearest", "none")]
+    if args.dali_kernels:
+        pairs += [("ra-n2-m9@dali-kernels", "dali-rand-augment"), (f"{dra}@dali-kernels", "none"),
+                  ("ra-n2-m9", "ra-n2-m9@dali-kernels"), (dra, f"{dra}@dali-kernels")]
     pairs += [(a, "pil-rand-augment") for a in (dra, f"{dra}@nearest")]
     if args.train_model:
         pairs += [(f"{a} + {args.train_model}", f"{b} + {args.train_model}")
@@ -431,7 +454,7 @@ def report(result: dict) -> None:
     if result["op_cost_cpu_ms_per_image_median"]:
         print("operator cost, CPU ms per image on top of a copy (median):")
         for k, v in result["op_cost_cpu_ms_per_image_median"].items():
-            print(f"  {k:12s} {v:6.2f}")
+            print(f"  {k:20s} {v:6.2f}")
     print(f"load average during the run: {os.getloadavg()}")
 
 

@@ -61,7 +61,7 @@ def _config(job: Job) -> SearchConfig:
     values: dict[str, Any] = {
         "method": job.method, "data": a["data"], "model": a["model"], "proxy_classes": 10,
         "images_per_class": a["images_per_class"], "resolution": 32, "batch_size": 32,
-        "epochs": a["epochs"], "crop_scale": [0.35, 1.0], "lr_batch": 128,
+        "epochs": a["epochs"], "crop_scale": [0.35, 1.0], "lr_reference_batch": 128,
         "weight_decay": 5e-4, "seed": job.seed, "threads": 1, "scale": 3.0,
         "ops": list(PAPER_OPS)}
     if job.method == "ddas":
@@ -71,7 +71,8 @@ def _config(job: Job) -> SearchConfig:
         values["val_batch_size"] = a["ddas_val_batch_size"]
         values["ddas"] = {"levels": [OTHER_LEVEL],
                           "op_levels": {op: [level] for op, level in pinned.items()},
-                          "fixed_sign": list(pinned), "lr": a["ddas_lr"]}
+                          "fixed_sign": list(pinned), "lr": a["ddas_lr"],
+                          "policy_batches": a["ddas_policy_batches"]}
     return SearchConfig.from_dict(values)
 
 
@@ -207,6 +208,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--ddas-lr", type=float, default=0.05)
     parser.add_argument("--ddas-val-batch-size", type=int, default=128,
                         help="DDAS's validation batch (the paper: 8x the training batch)")
+    parser.add_argument("--ddas-policy-batches", choices=("full", "split"), default="full",
+                        help="DDAS's policy_batches: 'full' (the paper) or 'split'")
     parser.add_argument("--jobs", type=int, default=1, help="searches run in parallel")
     args = parser.parse_args(argv)
     if args.data in (None, "digits"):
@@ -220,6 +223,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     shared = {"out": str(args.out), "data": args.data, "epochs": args.epochs,
               "images_per_class": args.images_per_class, "model": args.model,
               "ddas_lr": args.ddas_lr, "ddas_val_batch_size": args.ddas_val_batch_size,
+              "ddas_policy_batches": args.ddas_policy_batches,
               "transforms": transforms}
     runs = transforms + ([] if args.no_control else [CONTROL])
     jobs = [Job(m, t, s, shared) for m in args.methods.split(",") for t in runs

@@ -9,8 +9,32 @@ import click
 
 from dra_dali import __version__
 from dra_dali.policy import Policy, PolicyError, preset_names
+from dra_dali.recipes import recipe_names
+
+#: The search methods, as registered in :mod:`dra_dali.search.methods` (a test keeps the two
+#: in step; importing the registry here would load torch for every command).
+SEARCH_METHODS = ("dra", "ddas", "faster-aa", "das")
 
 _EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+class _Device(click.ParamType):
+    """The one device vocabulary of every command (:mod:`dra_dali.devices`); DALI's ``gpu`` is
+    accepted as ``cuda``."""
+
+    name = "auto|cpu|cuda[:N]"
+
+    def convert(self, value, param, ctx):
+        from dra_dali.devices import DEVICE_WORDS, valid_device
+
+        text = "cuda" if value == "gpu" else str(value)
+        if not valid_device(text):
+            self.fail(f"expected {DEVICE_WORDS}, got {value!r}", param, ctx)
+        return text
+
+
+DEVICE = _Device()
+_DEVICE_HELP = "auto (CUDA when available), cpu, cuda (the local rank's GPU) or cuda:N"
 
 
 def _load_policy(path: Path) -> Policy:
@@ -77,6 +101,10 @@ def preset(name: str, output: Path, resolution: int | None) -> None:
     click.echo(f"{name} written to {policy.save(output)}")
 
 
+_SKIP_HELP = ("Exclude unusable image files (with a warning; listed in OUT/excluded_files.txt) "
+              "instead of stopping; a resumed run excludes the same files.")
+
+
 @main.command()
 @click.option("--data", type=click.Path(exists=True, path_type=Path), required=True,
               help="Image folder (one sub-folder per class) or file list the proxy is sampled "
@@ -86,16 +114,17 @@ def preset(name: str, output: Path, resolution: int | None) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run directory: policy.yaml, config.yaml, metrics.jsonl, checkpoint, plots.")
 @click.option("--recipe", default=None,
-              help="Search recipe: a YAML file or a shipped name (demo, imagenet-resnet50, "
-                   "cifar10-wrn28-10); flags override its values.")
+              help="Search recipe: a YAML file or a shipped name ("
+                   + ", ".join(recipe_names("search")) + "); flags override its values.")
 @click.option("--method", default=None,
-              help="Search method: dra, ddas, ... (overrides the recipe's `method:`; default "
-                   "dra). Method options: --set ddas.policies_per_step=2.")
+              help="Search method: " + ", ".join(SEARCH_METHODS) + " (overrides the recipe's "
+                   "`method:`; default dra). Method options: --set ddas.policies_per_step=2.")
 @click.option("--model", default=None, help="Model name (overrides the recipe).")
 @click.option("--epochs", type=int, default=None, help="Epochs (overrides the recipe).")
 @click.option("--batch-size", type=int, default=None, help="Batch size (overrides the recipe).")
 @click.option("--seed", type=int, default=None, help="Seed (overrides the recipe).")
-@click.option("--device", default=None, help="cpu, cuda or cuda:N (overrides the recipe).")
+@click.option("--device", type=DEVICE, default=None, help=_DEVICE_HELP + " (overrides the "
+              "recipe).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Override any recipe key, e.g. --set images_per_class=20 --set "
                    "sampling=batch --set ops='[Rotate, Invert]'. Repeatable.")
@@ -105,10 +134,12 @@ def preset(name: str, output: Path, resolution: int | None) -> None:
 @click.option("--allow-change", "allowed", multiple=True, metavar="KEY",
               help="With --resume: accept a new value of this recipe key (recorded in "
                    "overrides.jsonl). Repeatable.")
+@click.option("--skip-bad-files/--no-skip-bad-files", default=None,
+              help=_SKIP_HELP + "  [default: the recipe's skip_bad_files, off]")
 def search(data: Path, val_data: Path | None, out: Path, recipe: str | None, method: str | None,
            model: str | None, epochs: int | None, batch_size: int | None, seed: int | None,
            device: str | None, settings: tuple[str, ...], resume: bool, force: bool,
-           allowed: tuple[str, ...]) -> None:
+           allowed: tuple[str, ...], skip_bad_files: bool | None) -> None:
     """Search an augmentation policy (DRA, DDAS, ...) on a proxy task; writes OUT/policy.yaml."""
     from dra_dali.errors import DraDaliError
     from dra_dali.runtime import Stopped
@@ -122,13 +153,14 @@ def search(data: Path, val_data: Path | None, out: Path, recipe: str | None, met
         sets[key.strip()] = value.strip()
     overrides = dict(data=str(data), val_data=str(val_data) if val_data else None,
                      method=method, model=model,
-                     epochs=epochs, batch_size=batch_size, seed=seed, device=device)
+                     epochs=epochs, batch_size=batch_size, seed=seed, device=device,
+                     skip_bad_files=skip_bad_files)
     try:
         config = SearchConfig.from_recipe(recipe, overrides, sets)
         policy = run_search(config, out, resume=resume, force=force, overrides=allowed,
                             recipe=str(recipe) if recipe else None)
-    except DraDaliError as exc:
-        raise click.ClickException(str(exc)) from None
+    except DraDaliError as exc:  # one line, as every command's library errors
+        raise click.ClickException(" ".join(str(exc).split())) from None
     except (Stopped, KeyboardInterrupt) as exc:
         click.echo(f"\ninterrupted; the last completed epoch is saved in {out}/checkpoint.pt — "
                    f"continue with the same command and --resume", err=True)
@@ -144,8 +176,6 @@ def list_presets() -> None:
     for name in preset_names():
         click.echo(name)
 
-
-_DEVICE_HELP = "auto (CUDA when available), cpu, cuda (the local rank's GPU) or cuda:N"
 
 
 @main.command("train")
@@ -176,12 +206,14 @@ _DEVICE_HELP = "auto (CUDA when available), cpu, cuda (the local rank's GPU) or 
               help="[default: 0.1]")
 @click.option("--seed", default=None, type=int, help="Seeds weights, data order and "
               "augmentation  [default: 0]")
-@click.option("--device", default=None, help=_DEVICE_HELP + "  [default: auto]")
+@click.option("--device", type=DEVICE, default=None, help=_DEVICE_HELP + "  [default: auto]")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA  [default: on]")
-@click.option("--workers", default=None, type=click.IntRange(min=1), help="DALI CPU threads "
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="DALI CPU threads "
               "per process  [default: 2]")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
               help="Cap the steps per epoch (smoke tests).")
+@click.option("--skip-bad-files/--no-skip-bad-files", default=None,
+              help=_SKIP_HELP + "  [default: off]")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--force", is_flag=True, help="Overwrite a run in --out (or, with --resume, "
               "train a finished run for more epochs).")
@@ -264,7 +296,8 @@ def demo(out: Path, epochs: int | None, seed: int, seeds: int, force: bool) -> N
 @click.option("--pipeline", default="demo", help="Training pipeline recipe.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
               help="Cap training steps per epoch (quick checks).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
+@click.option("--device", type=DEVICE, default="auto", help=_DEVICE_HELP + ", for every "
+              "search and training.")
 def compare(methods: str, data: str | None, val_data: str | None, out: Path, seeds: int,
             search_epochs: int, epochs: int, recipe: str, proxy_images: int | None, model: str,
             pipeline: str, max_steps: int | None, device: str) -> None:
@@ -308,8 +341,8 @@ def _default_recipe(data: str | None) -> str:
 @click.argument("policy")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for pipeline.dali, summary.txt, preview.png, config.yaml, policy.yaml.")
-@click.option("--device", default="cpu", help="Where the pipeline decodes and augments: cpu, "
-              "cuda or cuda:N (mixed decode, GPU operators; gpu means cuda).")
+@click.option("--device", type=DEVICE, default="cpu", help="Where the pipeline decodes and "
+              "augments: " + _DEVICE_HELP + " (mixed decode, GPU operators).")
 @click.option("--data", default=None, help="Images the pipeline reads and the preview shows "
               "(image folder or file list)  [default: the embedded demo dataset]")
 @click.option("--pipeline", "recipe", default=None, help="Pipeline recipe: imagenet, cifar, demo "
@@ -325,17 +358,19 @@ def compile_command(policy: str, out: Path, device: str, data: str | None, recip
     from dra_dali.dali.export import compile_policy
     from dra_dali.dali.loader import dali_placement
     from dra_dali.dali.pipelines import adapt_policy, load_recipe, resolve_policy
+    from dra_dali.devices import resolve_device
 
-    dali_device, _ = dali_placement(device)
+    dali_device, _ = dali_placement(resolve_device(device))
     recipe = recipe or _default_recipe(data)
     if Path(policy).exists() or Path(policy).suffix in (".yaml", ".yml"):
         pipeline = load_recipe(recipe)
-        loaded, note = adapt_policy(_load_policy(Path(policy)), pipeline.size, pipeline.name)
+        loaded, note = adapt_policy(_load_policy(Path(policy)), pipeline.resolution,
+                                   pipeline.name)
         if note:
             click.echo(f"Note: {note}", err=True)
     else:
         try:
-            loaded = resolve_policy(policy, load_recipe(recipe).size)
+            loaded = resolve_policy(policy, load_recipe(recipe).resolution)
         except PolicyError as exc:
             raise click.ClickException(f"{policy!r} is neither a policy file nor a preset: "
                                        f"{exc}") from None
@@ -355,7 +390,7 @@ def compile_command(policy: str, out: Path, device: str, data: str | None, recip
 
 @main.command("check-data")
 @click.argument("data")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
+@click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Decoding threads  [default: 2 per CPU core]")
 @click.option("--decode/--headers-only", default=True,
               help="Decode every image (JPEGs in libjpeg's strict mode, which also catches "
@@ -367,8 +402,11 @@ def compile_command(policy: str, out: Path, device: str, data: str | None, recip
               help="For a file list: accept absolute paths and paths leaving the list's folder.")
 @click.option("--strict", is_flag=True, help="Exit non-zero on warnings too (CMYK, 16-bit, "
               "files the pipeline ignores).")
-def check_data_command(data: str, workers: int | None, decode: bool, num_classes: int | None,
-                       allow_absolute_paths: bool, strict: bool) -> None:
+@click.option("--skip-bad-files", is_flag=True,
+              help="Preview a run with skip_bad_files: say how many files it would leave out, and "
+                   "exit 0 when every class keeps an image.")
+def check_data_command(data: str, threads: int | None, decode: bool, num_classes: int | None,
+                       allow_absolute_paths: bool, strict: bool, skip_bad_files: bool) -> None:
     """Decode every image of DATA (image folder or file list) in parallel and report, by path,
     files that are empty, truncated, corrupt (also corrupt data a decoder would accept with only
     a warning), not images, in a format DALI cannot decode (GIF, 12-bit JPEG), misnamed (PNG/GIF
@@ -381,12 +419,28 @@ def check_data_command(data: str, workers: int | None, decode: bool, num_classes
     try:
         images = scan_images(data, num_classes=num_classes, allow_absolute=allow_absolute_paths)
         with tqdm(total=len(images), unit="img", disable=None, leave=False) as bar:
-            report = check_data(images, workers=workers, progress=bar.update, decode=decode)
+            report = check_data(images, threads=threads, progress=bar.update, decode=decode)
     except DataError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(report.summary())
-    if not report.ok or (strict and report.problems):
+    failed = not report.ok
+    if skip_bad_files:
+        failed = False
+        _preview_skipping(images, report)
+    if failed or (strict and report.problems):
         raise SystemExit(1)
+
+
+def _preview_skipping(images, report) -> None:
+    """What a run with skip_bad_files does with the files of ``report``: leaves out the ones
+    DALI cannot decode, or refuses when a class would be left with none (a one-line error)."""
+    from dra_dali.data import exclude
+    from dra_dali.data.checks import BLOCKING
+
+    unusable = [p for p in report.problems if p.kind in BLOCKING]
+    kept = exclude(images, unusable)
+    click.echo(f"with skip_bad_files, a run leaves out {len(unusable)} unusable file(s) and uses "
+               f"{len(kept)} of {len(images)}")
 
 
 if __name__ == "__main__":

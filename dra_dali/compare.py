@@ -62,7 +62,7 @@ class Budget:
         pipeline: the training pipeline recipe (crop, flip, image size).
         batch_size: training batch.
         max_steps: cap on training steps per epoch (``None``: full epochs).
-        device: ``cpu`` or ``cuda`` for search and training.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``, for search and training.
     """
 
     search_recipe: str = "demo"
@@ -73,7 +73,7 @@ class Budget:
     pipeline: str = "demo"
     batch_size: int = 64
     max_steps: int | None = None
-    device: str = "cpu"
+    device: str = "auto"
 
 
 @dataclass

@@ -133,7 +133,7 @@ def _training_config(ds: Any, out: Path, policy: str, epochs: int, seed: int,
 
     return TrainConfig(data=str(ds.train), val_data=str(ds.val), out=str(out), policy=policy,
                        model=_MODEL, pipeline=_PIPELINE, epochs=epochs, batch_size=_BATCH,
-                       seed=seed, device="cpu", workers=2, max_steps=max_steps)
+                       seed=seed, device="cpu", threads=2, max_steps=max_steps)
 
 
 def _prepare(out: Path, force: bool) -> None:

@@ -99,7 +99,7 @@ def test_uint8_hwc_images_pass_through_resize_flip_and_a_previous_augment(embedd
 
     _define(images)
     assert (seen["decoded"].dtype, seen["decoded"].layout) == ("uint8", "HWC")
-    assert seen["augmented"].dtype == "uint8"        # its layout: DALI's arithmetic drops it
+    assert seen["augmented"].dtype == "uint8"        # numba_function outputs: declared types
     assert not [w for w in recwarn.list if "cannot check" in str(w.message)]
 
 

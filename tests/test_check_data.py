@@ -76,7 +76,7 @@ def bad_folder(tmp_path_factory, embedded):
 
 
 def test_check_data_names_every_bad_file_with_its_kind(bad_folder):
-    report = check_data(bad_folder, workers=2)
+    report = check_data(bad_folder, threads=2)
     found = {str(p.path.relative_to(bad_folder)): p.kind for p in report.problems}
     for name, kind in EXPECTED.items():
         assert found.get(name) == kind, (name, found.get(name))
@@ -86,7 +86,7 @@ def test_check_data_names_every_bad_file_with_its_kind(bad_folder):
 
 
 def test_check_data_cli_exits_non_zero_and_prints_each_path(bad_folder):
-    result = CliRunner().invoke(main, ["check-data", str(bad_folder), "--workers", "2"])
+    result = CliRunner().invoke(main, ["check-data", str(bad_folder), "--threads", "2"])
     assert result.exit_code == 1
     for name, kind in EXPECTED.items():
         assert f"{bad_folder / name}: {kind}:" in result.output, name
@@ -175,6 +175,34 @@ def test_skip_bad_files_excludes_and_lists_them(bad_folder):
     assert len(listed) == 5 and f"{bad_folder / 'a/empty.jpg'}: empty: " in listed[0]
     decoded = accept_images(bad_folder, skip_bad_files=True, decode=True)
     assert "a/corrupt.jpg" in {str(p.path.relative_to(bad_folder)) for p in decoded.excluded}
+
+
+def test_excluded_files_listing_reads_back(bad_folder, tmp_path):
+    from dra_dali.data import EXCLUDED_FILE, accept_images, read_excluded
+
+    accepted = accept_images(bad_folder, skip_bad_files=True, decode=True)
+    (tmp_path / EXCLUDED_FILE).write_text(accepted.excluded_text())
+    assert read_excluded(tmp_path) == accepted.excluded
+    assert read_excluded(tmp_path / "nothing") == ()
+    (tmp_path / EXCLUDED_FILE).write_text("a line without a kind\n")
+    with pytest.raises(DataError, match=r"excluded_files.txt:1: not a 'path: kind: reason'"):
+        read_excluded(tmp_path)
+
+
+def test_check_data_skip_bad_files_previews_what_a_run_leaves_out(bad_folder, tmp_path):
+    result = CliRunner().invoke(main, ["check-data", str(bad_folder), "--skip-bad-files"])
+    assert result.exit_code == 0, result.output
+    assert "with skip_bad_files, a run leaves out 6 unusable file(s) and uses 9 of 15" in \
+        result.output
+    assert f"ERROR {bad_folder / 'a/corrupt.jpg'}: corrupt" in result.output
+    only_bad = tmp_path / "only_bad"
+    for name in ("a/0.jpg", "b/0.jpg"):
+        (only_bad / name).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(bad_folder / "a/empty.jpg", only_bad / "a/0.jpg")
+    shutil.copy(next((bad_folder / "b").glob("*.jpg")), only_bad / "b/0.jpg")
+    result = CliRunner().invoke(main, ["check-data", str(only_bad), "--skip-bad-files"])
+    assert result.exit_code == 1
+    assert "after skipping 1 unusable file(s), class(es) ['a'] hold no image" in result.output
 
 
 def test_recheck_names_a_file_replaced_after_acceptance(tmp_path, embedded):

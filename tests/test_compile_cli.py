@@ -136,7 +136,7 @@ def test_preset_is_made_for_the_pipeline_size(tmp_path, embedded):
     assert result.exit_code == 0, result.stderr
     assert "Warning" not in result.stderr
     assert Policy.load(tmp_path / "policy.yaml").resolution == 32
-    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["recipe"]["size"] == 32
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["recipe"]["resolution"] == 32
 
 
 def test_a_policy_file_is_adapted_to_the_pipeline_size_with_a_note(tmp_path, embedded):

@@ -25,15 +25,16 @@ def bench():
 
 
 def test_throughput_benchmark_runs_at_tiny_size(bench, tmp_path):
-    """Every variant, the nearest twins, the training step (CPU fallback) and the PIL loader."""
+    """Every variant, the nearest and DALI-kernel twins, the training step (CPU fallback) and
+    the PIL loader."""
     out = tmp_path / "result.json"
     result = bench.main(["--rounds", "1", "--batches", "1", "--batch-size", "4", "--threads", "1",
                          "--size", "32", "--jpegs", "8", "--skip-ops", "--nearest",
-                         "--train-model", "resnet-tiny", "--json", str(out)])
+                         "--dali-kernels", "--train-model", "resnet-tiny", "--json", str(out)])
     rates = result["images_per_second_median"]
     for key in ("none", "dali-rand-augment", "ra-n2-m9", "dra-imagenet-resnet-50",
                 "ra-n2-m9@nearest", "dali-rand-augment@nearest", "pil-rand-augment",
-                "ra-n2-m9 + resnet-tiny", "none + resnet-tiny"):
+                "ra-n2-m9 + resnet-tiny", "none + resnet-tiny", "ra-n2-m9@dali-kernels"):
         assert rates[key] > 0, key
     ratios = result["throughput_ratios"]
     for key in ("ra-n2-m9 / dali-rand-augment", "dra-imagenet-resnet-50 / none",

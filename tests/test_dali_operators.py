@@ -32,7 +32,14 @@ import pytest
 import torch
 from nvidia.dali import fn, pipeline_def, types
 
-from dra_dali.dali.operators import apply_op, dali_affine, dali_kernel, dali_kernels, parameter_node
+from dra_dali.dali.operators import (
+    CPU_KERNELS,
+    apply_op,
+    dali_affine,
+    dali_kernel,
+    dali_kernels,
+    parameter_node,
+)
 from dra_dali.ops import (
     OP_NAMES,
     OPS,
@@ -61,7 +68,8 @@ def _cases(name: str):
 
 
 def _run_op(name: str, images: list[np.ndarray], magnitudes, signs, resolution: int,
-            centers=None, fill: int = 128, interpolation: str = "linear") -> list[np.ndarray]:
+            centers=None, fill: int = 128, interpolation: str = "linear",
+            cpu_kernels: str = "fused") -> list[np.ndarray]:
     """Run the DALI kernel of ``name`` once over a batch with per-sample magnitude and sign."""
     batch = len(images)
     given_centers = centers is not None
@@ -74,7 +82,7 @@ def _run_op(name: str, images: list[np.ndarray], magnitudes, signs, resolution: 
         c = fn.external_source(name="c", dtype=types.FLOAT)
         extra = {"center": c} if name == "Cutout" and given_centers else {}
         return apply_op(name, im, m, s, resolution=resolution, fill=fill,
-                        interpolation=interpolation, **extra), m, s, c
+                        interpolation=interpolation, cpu_kernels=cpu_kernels, **extra), m, s, c
 
     p = pipe()
     p.build()
@@ -86,7 +94,8 @@ def _run_op(name: str, images: list[np.ndarray], magnitudes, signs, resolution: 
     return [np.array(out[i]) for i in range(batch)]
 
 
-def sweep_operator(name: str, photos, rng, interpolation: str = "linear") -> list[tuple]:
+def sweep_operator(name: str, photos, rng, interpolation: str = "linear",
+                   cpu_kernels: str = "fused") -> list[tuple]:
     """``(m, sign, resolution, fill, image, dali, pil, centre)`` for every case of ``name``."""
     results = []
     groups: dict[tuple[int, int], list] = {}
@@ -97,7 +106,8 @@ def sweep_operator(name: str, photos, rng, interpolation: str = "linear") -> lis
                                 int(rng.integers(photo.shape[1]))))
                  for m, s in pairs for photo in photos]
         outputs = _run_op(name, [c[2] for c in cases], [c[0] for c in cases],
-                          [c[1] for c in cases], r, [c[3] for c in cases], f, interpolation)
+                          [c[1] for c in cases], r, [c[3] for c in cases], f, interpolation,
+                          cpu_kernels)
         for (m, s, image, centre), out in zip(cases, outputs):
             m = float(np.float32(m))                  # the pipeline's magnitudes are float32
             ref = apply_reference(name, image, m, s, resolution=r, center=centre, fill=f,
@@ -106,11 +116,13 @@ def sweep_operator(name: str, photos, rng, interpolation: str = "linear") -> lis
     return results
 
 
-@pytest.fixture(scope="module")
-def sweep(photos):
-    """DALI output and PIL reference for every operator and case (one pipeline per group)."""
+@pytest.fixture(scope="module", params=CPU_KERNELS)
+def sweep(photos, request):
+    """DALI output and PIL reference for every operator and case (one pipeline per group), for
+    both CPU kernel sets: the fused loops and DALI's operators (the graph the GPU runs)."""
     rng = np.random.default_rng(0)
-    return {name: sweep_operator(name, photos, rng) for name in NAMES}
+    return {name: sweep_operator(name, photos, rng, cpu_kernels=request.param)
+            for name in NAMES}
 
 
 def _inverse_coeffs(name: str, v: float, w: int, h: int) -> tuple[float, ...]:
@@ -194,14 +206,15 @@ def test_nearest_interpolation_matches_pil_nearest(photos, name):
         assert differs.mean() <= 0.01, f"{name} m={m} s={s}: {differs.mean():.2%} differ"
 
 
+@pytest.mark.parametrize("cpu_kernels", CPU_KERNELS)
 @pytest.mark.parametrize("name", ["Brightness", "Color", "Sharpness", "Contrast"])
-def test_blend_extrapolates_below_zero(photos, name):
+def test_blend_extrapolates_below_zero(photos, name, cpu_kernels):
     """m = 3, sign -1: factor 1 - 2.7 < 0 (issue 9 item 7), PIL's enhance at that factor, bit
     exact, and not the factor-0 (degenerate) image a clamp at 0 would give."""
     from PIL import Image, ImageEnhance
 
     photo = photos[0]
-    out = _run_op(name, [photo], [3.0], [-1.0], 224)[0]
+    out = _run_op(name, [photo], [3.0], [-1.0], 224, cpu_kernels=cpu_kernels)[0]
     enhancer = getattr(ImageEnhance, name)(Image.fromarray(photo))
     np.testing.assert_array_equal(out, np.asarray(enhancer.enhance(1 - 2.7)))
     assert not np.array_equal(out, np.asarray(enhancer.enhance(0.0))) or name == "Brightness"
@@ -262,13 +275,14 @@ def test_parameter_node_matches_catalog():
 
 
 # ----- the compiled graph ---------------------------------------------------------------------
-def _compiled_against_reference(policy, photos, seed: int = 3):
+def _compiled_against_reference(policy, photos, seed: int = 3, cpu_kernels: str = "fused"):
     """Run ``policy`` (depth 1, always applied) through apply_policy with the trace and compare
     each image with the PIL reference of its traced operator, magnitude and sign."""
     from dra_dali.dali import apply_policy
 
     images = [photos[i % len(photos)] for i in range(96)]
-    out, trace = apply_policy(policy, np.stack(images), seed=seed, trace=True, batch_size=48)
+    out, trace = apply_policy(policy, np.stack(images), seed=seed, trace=True, batch_size=48,
+                              cpu_kernels=cpu_kernels)
     layer, seen = policy.layers[0], set()
     for i, image in enumerate(images):
         k = int(trace.op[i, 0])
@@ -283,10 +297,12 @@ def _compiled_against_reference(policy, photos, seed: int = 3):
     return seen
 
 
-def test_compiled_dispatch_matches_reference_per_image(photos):
-    """The compiled layer (shared parameter tables, one warp_affine for the affine family,
-    Invert through Solarize's branch, Identity without a branch) gives each image exactly its
-    traced operator: random magnitudes and fixed (RandAugment) ones."""
+@pytest.mark.parametrize("cpu_kernels", CPU_KERNELS)
+def test_compiled_dispatch_matches_reference_per_image(photos, cpu_kernels):
+    """The compiled layer (shared parameter tables, one warp for the affine family, one fused
+    kernel for the colour family, Invert through Solarize's branch, Identity without a branch)
+    gives each image exactly its traced operator: random magnitudes and fixed (RandAugment)
+    ones; with both CPU kernel sets."""
     from dra_dali import Policy
     from dra_dali.policy import Layer
 
@@ -296,8 +312,8 @@ def test_compiled_dispatch_matches_reference_per_image(photos):
                     apply_prob=(1.0, 1.0))
     fixed = Policy(ops, (Layer((0.0,) * n, (0.9,) * n, (0.0,) * n),), resolution=96,
                    apply_prob=(1.0, 1.0))
-    assert _compiled_against_reference(random, photos) == set(ops)
-    assert _compiled_against_reference(fixed, photos, seed=4) == set(ops)
+    assert _compiled_against_reference(random, photos, cpu_kernels=cpu_kernels) == set(ops)
+    assert _compiled_against_reference(fixed, photos, 4, cpu_kernels) == set(ops)
 
 
 def _graph_size(build) -> int:
@@ -426,7 +442,8 @@ _IMAGE_OPS = {"WarpAffine", "Filter", "Slice", "Erase", "Equalize", "Sum", "Mean
 _SAMPLER_OPS = {"Choice", "Normal", "Uniform", "CoinFlip", "LookupTable", "Stack", "Rotation"}
 
 
-def _placement(device: str, policy_name: str = "dra-imagenet-resnet-50"):
+def _placement(device: str, policy_name: str = "dra-imagenet-resnet-50",
+               cpu_kernels: str = "dali"):
     """Op type -> set of devices in the graph of ``augment`` (built, not run; no CUDA needed)."""
     from collections import defaultdict
 
@@ -441,7 +458,7 @@ def _placement(device: str, policy_name: str = "dra-imagenet-resnet-50"):
         images = fn.external_source(name="images", layout="HWC", dtype=types.UINT8)
         if device == "gpu":
             images = images.gpu()
-        out, trace = augment(images, policy, trace=True)
+        out, trace = augment(images, policy, trace=True, cpu_kernels=cpu_kernels)
         return (out, *trace.outputs())
 
     p = pipe()
@@ -453,7 +470,7 @@ def _placement(device: str, policy_name: str = "dra-imagenet-resnet-50"):
 
 
 def test_gpu_graph_places_image_work_on_gpu():
-    gpu, gpu_outputs = _placement("gpu")
+    gpu, gpu_outputs = _placement("gpu", cpu_kernels="fused")    # GPU images: DALI's operators
     cpu, cpu_outputs = _placement("cpu")
     assert gpu_outputs == ["gpu"] + ["cpu"] * 7                  # images; trace stays on the CPU
     assert cpu_outputs == ["cpu"] * 8
@@ -463,3 +480,28 @@ def test_gpu_graph_places_image_work_on_gpu():
     for name in _SAMPLER_OPS & set(gpu):
         assert gpu[name] == {"cpu"}, f"{name} (per-sample draw) runs on {gpu[name]}"
     assert {"WarpAffine", "Filter", "Erase", "Equalize", "Rotation"} <= set(gpu)
+
+
+def test_fused_cpu_graph_has_one_kernel_per_layer_and_no_branches():
+    """On CPU images the default graph runs every operator of the paper policy (bilinear) in the
+    fused kernel: one FusedCpuKernel per layer, no conditional split, none of DALI's image
+    operators; ``cpu_kernels="dali"`` keeps DALI's operators (the GPU graph)."""
+    fused, _ = _placement("cpu", cpu_kernels="fused")
+    graph, _ = _placement("cpu")
+    assert "FusedCpuKernel" in fused and "FusedCpuKernel" not in graph
+    assert {"WarpAffine", "CoordTransform", "Filter", "Equalize", "Erase", "Split"} <= set(graph)
+    assert not {"WarpAffine", "CoordTransform", "Filter", "Equalize", "Erase", "Split",
+                "Merge"} & set(fused)
+    with pytest.raises(ValueError, match="cpu_kernels must be one of"):
+        _placement("cpu", cpu_kernels="numba")
+
+
+def test_fused_equalize_is_pil_exact(photos):
+    """Tighter than the catalog row's tolerance: the fused kernel equalises as PIL does, bit
+    exact (DALI's fn.equalize, on the GPU, uses OpenCV's table)."""
+    rng = np.random.default_rng(2)
+    images = [*photos, rng.integers(0, 256, (37, 51, 3), dtype=np.uint8),
+              np.full((20, 20, 3), 7, np.uint8)]
+    for image in images:
+        out = _run_op("Equalize", [image], [0.0], [1.0], 224)[0]
+        np.testing.assert_array_equal(out, apply_reference("Equalize", image, 0.0))

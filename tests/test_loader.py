@@ -334,7 +334,7 @@ def test_scheduled_policy_switches_at_its_boundary(embedded):
     policy = Policy.from_dict({"format": "dra-policy/2", "schedule": [
         {"start_epoch": 0, "policy": invert}, {"start_epoch": 1, "policy": nothing}]})
     assert policy.schedule_boundaries == (1,)
-    recipe = {"name": "plain", "size": 32, "crop": "center", "flip": False, "val_resize": 32}
+    recipe = {"name": "plain", "resolution": 32, "crop": "center", "flip": False, "val_resize": 32}
     loader = DALILoader(subset, policy, recipe=recipe, batch_size=10, num_threads=1)
     plain = DALILoader(subset, recipe=recipe, batch_size=10, train=False, num_threads=1)
     reference = {int(i): x for x, t in plain for i, x in zip(t, x)}
@@ -358,7 +358,7 @@ def test_a_policy_file_made_for_224_px_is_adapted_to_the_32_px_pipeline(embedded
     path = Policy.from_dict({"ops": ["TranslateX"], "resolution": 224, "apply_prob": [1.0, 1.0],
                              "layers": [{"logits": [0.0], "mean": [1.0], "std": [0.0]}]}
                             ).save(tmp_path / "translate.yaml")
-    recipe = {"name": "plain", "size": 32, "crop": "center", "flip": False, "val_resize": 32}
+    recipe = {"name": "plain", "resolution": 32, "crop": "center", "flip": False, "val_resize": 32}
     with pytest.warns(UserWarning, match="made for 224 px images and is adapted to the "
                                          "pipeline's 32 px.*up to 10 px at m = 1"):
         loader = DALILoader(subset, path, recipe=recipe, batch_size=10, num_threads=1)

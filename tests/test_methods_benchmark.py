@@ -19,4 +19,4 @@ def test_search_step_benchmark_runs_every_variant(capsys):
         line = next(row for row in out.splitlines() if label in row)
         median, minimum = (float(v) for v in re.findall(r"\d+\.\d+", line[len(label) + 2:]))
         assert median > 0 and minimum > 0, line
-    assert "ddas-exact" in out and "dra-16-batch" in out
+    assert "ddas-exact" in out and "ddas-split" in out and "dra-16-batch" in out

@@ -47,11 +47,13 @@ def _run(pipe, batches: int) -> list[tuple[np.ndarray, np.ndarray]]:
 def test_shipped_recipes_load_with_their_settings():
     assert {"imagenet", "cifar", "demo"} <= set(recipe_names())
     imagenet, cifar, demo = (load_recipe(n) for n in ("imagenet", "cifar", "demo"))
-    assert (imagenet.size, imagenet.crop, imagenet.val_resize) == (224, "random_resized", 256)
-    assert imagenet.scale == (0.08, 1.0) and imagenet.mean == pytest.approx((0.485, 0.456, 0.406))
-    assert (cifar.size, cifar.crop, cifar.pad, cifar.cutout, cifar.flip) == (32, "pad_crop", 4,
+    assert (imagenet.resolution, imagenet.crop, imagenet.val_resize) == (224, "random_resized",
+                                                                         256)
+    assert imagenet.crop_scale == (0.08, 1.0)
+    assert imagenet.mean == pytest.approx((0.485, 0.456, 0.406))
+    assert (cifar.resolution, cifar.crop, cifar.pad, cifar.cutout, cifar.flip) == (32, "pad", 4,
                                                                              16, True)
-    assert demo.size == 32 and demo.val_resize >= demo.size
+    assert demo.resolution == 32 and demo.val_resize >= demo.resolution
     assert load_recipe(imagenet) is imagenet
     assert PipelineRecipe.from_dict(cifar.to_dict()) == cifar
 
@@ -65,9 +67,10 @@ def test_recipe_refuses_unknown_keys_naming_them(tmp_path):
     assert str(path) in message and "crop_size" in message and "flipp" in message
 
 
-@pytest.mark.parametrize("text, field", [("size: -3", "size"), ("crop: zoom", "crop"),
-                                         ("scale: [0.5, 0.1]", "scale"), ("std: [1, 0, 1]", "std"),
-                                         ("size: 64\nval_resize: 32", "val_resize"),
+@pytest.mark.parametrize("text, field", [("resolution: -3", "resolution"), ("crop: zoom", "crop"),
+                                         ("crop_scale: [0.5, 0.1]", "crop_scale"),
+                                         ("std: [1, 0, 1]", "std"),
+                                         ("resolution: 64\nval_resize: 32", "val_resize"),
                                          ("mean: [0.5, 0.5]", "mean")])
 def test_recipe_invalid_field_is_named(tmp_path, text, field):
     path = tmp_path / "r.yaml"
@@ -241,7 +244,7 @@ def test_train_pipeline_without_randomness_equals_the_val_pipeline(embedded):
 def test_dra_retraining_recipes(embedded):
     """The DRA authors' retraining transforms: RRC scale (0.05, 1); CIFAR Cutout before
     normalisation, filled black (so the cut pixels are -mean/std after normalising)."""
-    assert load_recipe("imagenet-dra").scale == (0.05, 1.0)
+    assert load_recipe("imagenet-dra").crop_scale == (0.05, 1.0)
     recipe = load_recipe("cifar-dra")
     assert recipe.cutout == 16 and recipe.cutout_before_normalize
     (images, _), = _run(build_train_pipeline(embedded.val, None, recipe, batch_size=32,

@@ -63,8 +63,8 @@ def test_round_trip_fuzzed(tmp_path_factory, policy):
 
 
 # ----- validation: every error names its field -------------------------------------------------
-def _mutate(path, value):
-    data = _valid()
+def _set(data, path, value):
+    """``data`` with the entry at ``path`` set to ``value`` (or deleted with ``_DELETE``)."""
     target = data
     for key in path[:-1]:
         target = target[key]
@@ -73,6 +73,10 @@ def _mutate(path, value):
     else:
         target[path[-1]] = value
     return data
+
+
+def _mutate(path, value):
+    return _set(_valid(), path, value)
 
 
 _DELETE = object()
@@ -509,17 +513,6 @@ def test_schedule_at_epoch_and_boundaries(tmp_path):
         _ = policy.depth
     with pytest.raises(PolicyError, match="epoch: expected an integer >= 0, got -1"):
         policy.at_epoch(-1)
-
-
-def _set(data, path, value):
-    target = data
-    for key in path[:-1]:
-        target = target[key]
-    if value is _DELETE:
-        del target[path[-1]]
-    else:
-        target[path[-1]] = value
-    return data
 
 
 INVALID2 = [

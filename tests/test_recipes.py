@@ -51,7 +51,7 @@ def test_search_and_pipeline_recipes_load_by_name():
     from dra_dali.dali.pipelines import RecipeError, load_recipe
     from dra_dali.search import ConfigError, SearchConfig
 
-    assert load_recipe("cifar").size == 32
+    assert load_recipe("cifar").resolution == 32
     by_name = SearchConfig.from_recipe("demo")
     assert by_name == SearchConfig.from_recipe(find_recipe("search", "demo"))
     with pytest.raises(ConfigError, match="no search recipe 'imagenet'.*imagenet-resnet50"):
@@ -81,13 +81,13 @@ def test_user_install_finds_its_recipes(tmp_path, monkeypatch):
     ("threads", 0, "threads: must be >= 1 or null"),
     ("lr", 0.0, "lr: must be > 0"),
     ("kl_weight", -1.0, "kl_weight: must be >= 0"),
-    ("crop", "square", "crop: must be one of rrc, pad, center, none"),
+    ("crop", "square", "crop: must be one of random_resized, pad, center, none"),
     ("sampling", "epoch", "sampling: must be 'image' \\(per image\\) or 'batch'"),
     ("fill", 300, "fill: must be a grey level in \\[0, 255\\]"),
     ("crop_scale", [0.5, 0.2], "crop_scale: must satisfy 0 < lo <= hi <= 1"),
     ("ops", ["Rotate", "Warp"], "ops: unknown operator\\(s\\) \\['Warp'\\]"),
     ("ops", ["Rotate", "Rotate"], "ops: operator names must be unique"),
-    ("device", "tpu", "device: must be 'cpu', 'cuda' or 'cuda:N'"),
+    ("device", "tpu", "device: must be auto, cpu, cuda or cuda:N"),
     ("flip", "maybe", "flip: cannot use 'maybe'"),
     ("epochs", 2.5, "epochs: cannot use 2.5"),
 ])

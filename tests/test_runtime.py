@@ -295,6 +295,23 @@ def test_resume_refuses_changed_settings_unless_overridden_and_records_them(tmp_
             pass
 
 
+def test_resume_of_a_run_saved_before_a_setting_existed_takes_its_default(tmp_path):
+    out = tmp_path / "run"
+    _finished_epochs(out, 1)                                 # config.yaml without skip_bad_files
+    newer = {**CONFIG, "skip_bad_files": False}
+    defaults = {"skip_bad_files": False, "lr": 0.1, "seed": 0}
+    with pytest.raises(RunDirError, match=r"other settings \(skip_bad_files: None -> False\)"):
+        with RunDir(out, "train", newer, resume=True):       # no defaults: as before the fix
+            pass
+    with pytest.raises(RunDirError, match=r"other settings \(skip_bad_files: False -> True\)"):
+        with RunDir(out, "train", {**newer, "skip_bad_files": True}, resume=True,
+                    defaults=defaults):                        # not the default: a change
+            pass
+    with RunDir(out, "train", newer, resume=True, defaults=defaults) as run:
+        assert run.resumed and run.overridden == {}
+    assert "skip_bad_files: false" in (out / "config.yaml").read_text()
+
+
 def test_resume_needs_a_checkpoint_and_refuses_finished_or_garbage(tmp_path):
     with pytest.raises(RunDirError, match="nothing to resume .the folder does not exist"):
         RunDir(tmp_path / "missing", "train", CONFIG, resume=True).__enter__()

@@ -52,7 +52,7 @@ def test_policy_crop_center_is_resize_8_7_and_centre_crop():
     # ramp 8 * column + 2 (a linear ramp survives the symmetric filter away from the border); the
     # central 28 px square starts at column 2, so output column c holds 8 * (c + 2) + 2.
     ramp = (torch.arange(64) * 4).to(torch.uint8).expand(4, 3, 64, 64)
-    cfg = SearchConfig(crop="rrc", resolution=28, flip=True, policy_crop="center")
+    cfg = SearchConfig(crop="random_resized", resolution=28, flip=True, policy_crop="center")
     out = crop_flip(ramp, cfg, torch.Generator().manual_seed(0), policy_half=True)
     expected = ((8 * (torch.arange(28) + 2) + 2) / 255.0).expand(4, 3, 28, 28)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
@@ -65,7 +65,7 @@ def test_policy_crop_center_is_resize_8_7_and_centre_crop():
 
 def test_bad_search_keys_are_named():
     with pytest.raises(ConfigError, match="policy_crop: must be one of same, center, none"):
-        SearchConfig.from_dict({"policy_crop": "rrc"})
+        SearchConfig.from_dict({"policy_crop": "random_resized"})
     with pytest.raises(ConfigError, match=r"fill: must be a grey level in \[0, 255\]"):
         SearchConfig.from_dict({"fill": 300})
     with pytest.raises(ConfigError, match="model_args: cannot use"):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from dra_dali.ops import OPS, PAPER_OPS
-from dra_dali.search.layer import DRAPolicy
+from dra_dali.search.methods.dra import DRAPolicy
 from dra_dali.search.ops import PARAMETER_GRADIENT_OPS, apply_op
 
 MAGNITUDE_OPS = [name for name in PAPER_OPS if not OPS[name].magnitude_free]

@@ -7,7 +7,7 @@ import torch
 
 from dra_dali.ops import PAPER_OPS
 from dra_dali.policy import Policy
-from dra_dali.search.layer import DRAPolicy
+from dra_dali.search.methods.dra import DRAPolicy
 from dra_dali.search.ops import apply_op
 
 

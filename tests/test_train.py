@@ -45,7 +45,7 @@ def tiny(embedded, tmp_path_factory) -> tuple[Path, Path]:
 
 def _config(tiny, out: Path, **kw) -> TrainConfig:
     base = dict(data=str(tiny[0]), val_data=str(tiny[1]), out=str(out), policy="none",
-                pipeline="demo", epochs=3, batch_size=8, seed=3, workers=2, lr=0.05)
+                pipeline="demo", epochs=3, batch_size=8, seed=3, threads=2, lr=0.05)
     return TrainConfig(**{**base, **kw})
 
 

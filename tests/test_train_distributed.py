@@ -26,7 +26,7 @@ WORKER = textwrap.dedent("""
     seen = []
     result = train(TrainConfig(data=data, val_data=data, out=out, policy="ra-n2-m9",
                                pipeline="demo", epochs=%d, batch_size=%d, seed=1, lr=0.05,
-                               workers=1),
+                               threads=1),
                    progress=False,
                    batch_hook=lambda e, s, labels: seen.append([e, s, labels.tolist()]))
     with open(os.path.join(logs, "rank%%s.json" %% os.environ["RANK"]), "w") as handle:

@@ -30,14 +30,18 @@ from nvidia.dali import fn, types
 from nvidia.dali import math as dmath
 from nvidia.dali.data_node import DataNode
 
+from dra_dali.dali import cpu_kernels as fused_cpu
 from dra_dali.dali.draws import NEGLIGIBLE_PROBABILITY, LayerDraws, policy_draws
 from dra_dali.dali.node_meta import check_images
 from dra_dali.dali.operators import (
+    CPU_KERNELS,
     INTERPOLATIONS,
     DaliKernel,
     dali_kernels,
+    fused_on,
     image_size,
     matrix_node,
+    runs_fused,
     warp,
 )
 from dra_dali.ops import OPS, parameter
@@ -161,14 +165,23 @@ def _affine_matrix(kernels: list[DaliKernel], branch, v, images):
 
 @dataclass(frozen=True)
 class _Leaf:
-    """One branch of a layer's dispatch: every affine operator together, or one kernel."""
+    """One branch of a layer's dispatch: one kernel, or a family of operators run by one kernel
+    with per-sample parameters (``"affine"``: DALI's warp; ``"fused"``: the fused CPU kernel)."""
 
-    kernel: DaliKernel | None       # None: the affine family
+    kernel: DaliKernel | None
+    family: str = ""
 
 
-def _leaves(kernels: list[DaliKernel]) -> tuple[list[_Leaf], list[int]]:
+def _family(kernel: DaliKernel, fused: bool, interpolation: str) -> str:
+    if fused and runs_fused(kernel, interpolation):
+        return "fused"
+    return "affine" if kernel.affine else ""
+
+
+def _leaves(kernels: list[DaliKernel], fused: bool,
+            interpolation: str) -> tuple[list[_Leaf], list[int]]:
     """The layer's branches and, per active operator, its branch (-1: passthrough, no branch).
-    Affine operators share one branch, and so do kernels that say they share another's."""
+    Operators of a family share one branch, and so do kernels that say they share another's."""
     table = dali_kernels()
     leaves: list[_Leaf] = []
     leaf_of = []
@@ -176,7 +189,8 @@ def _leaves(kernels: list[DaliKernel]) -> tuple[list[_Leaf], list[int]]:
         if kernel.passthrough:
             leaf_of.append(-1)
             continue
-        leaf = _Leaf(None if kernel.affine else table[kernel.shares or kernel.name])
+        family = _family(kernel, fused, interpolation)
+        leaf = _Leaf(None, family) if family else _Leaf(table[kernel.shares or kernel.name])
         if leaf not in leaves:
             leaves.append(leaf)
         leaf_of.append(leaves.index(leaf))
@@ -190,14 +204,17 @@ class _Branches:
     leaves: list[_Leaf]
     v: DataNode
     matrix: DataNode | None
+    fused: DataNode | None          # the fused kernel's per-sample parameters
     floored: bool                   # v is floored where kernels need it (precomputed table)
     fill: int
     interpolation: str
 
 
 def _run_leaf(leaf: _Leaf, images, b: _Branches):
-    if leaf.kernel is None:
+    if leaf.family == "affine":
         return warp(images, b.matrix, b.fill, b.interpolation)
+    if leaf.family == "fused":
+        return fused_cpu.fused(images, b.fused)
     v = dmath.floor(b.v) if _floors(leaf.kernel) and not b.floored else b.v
     return leaf.kernel.apply(images, v, fill=b.fill, interpolation=b.interpolation)
 
@@ -215,23 +232,47 @@ def _dispatch(b: _Branches, lo: int, hi: int, leaf, images):
     return out
 
 
-def _apply_layer(images, policy: Policy, j: int, layer: LayerDraws, interpolation: str):
+def _fused_kinds(kernels: list[DaliKernel], families: list[str], branch, go):
+    """Per sample the fused kernel's kind: its operator's, ``UNCHANGED`` for operators outside
+    the kernel (passthrough ones) and, with ``go``, where the apply coin did not come up."""
+    kinds = [fused_cpu.AFFINE if k.affine else fused_cpu.FUSED_KINDS.index(k.name)
+             if f == "fused" else fused_cpu.UNCHANGED for k, f in zip(kernels, families)]
+    kind = _table(kinds, branch, np.float32)
+    return kind if go is None else (kind + 1.0) * go - 1.0
+
+
+def _fused_parameters(kernels, families, layer: LayerDraws, v, matrix, fill: int, go):
+    names = [k.name for k, f in zip(kernels, families) if f == "fused"]
+    centre = (fn.random.uniform(range=[0.0, 1.0], shape=[2]) if "Cutout" in names else None)
+    kind = _fused_kinds(kernels, families, layer.branch, go)
+    return fused_cpu.parameters(kind, v, matrix, fill, centre)
+
+
+def _apply_layer(images, policy: Policy, j: int, layer: LayerDraws, interpolation: str,
+                 cpu_kernel_set: str):
     """The conditional part of a layer: only applied samples whose operator is not a
-    passthrough reach the branches; the parameters and the affine matrix are computed before
-    the split, once for all branches."""
+    passthrough reach the branches; the parameters, the affine matrix and the fused kernel's
+    parameters are computed before the split, once for all branches. A layer whose operators
+    all run in the fused CPU kernel has no branches: one kernel, each image with its kind."""
     table = dali_kernels()
     kernels = [table[name] for name in layer.names]
-    leaves, leaf_of = _leaves(kernels)
+    fused = fused_on(images, cpu_kernel_set)
+    leaves, leaf_of = _leaves(kernels, fused, interpolation)
     if not leaves or layer.coin == "never":
         return images
+    families = [_family(k, fused, interpolation) for k in kernels]
     branch = layer.branch
     fixed = _fixed_magnitudes(policy, j, layer.names)
     v = _parameters(kernels, branch, layer.magnitude, layer.sign, policy.resolution, fixed)
-    matrix = (_affine_matrix(kernels, branch, v, images)
-              if any(leaf.kernel is None for leaf in leaves) else None)
-    b = _Branches(leaves, v, matrix, fixed is not None, policy.fill, interpolation)
-    leaf = _table(leaf_of, branch, np.int32) if len(leaves) > 1 or -1 in leaf_of else 0
+    matrix = _affine_matrix(kernels, branch, v, images) if any(k.affine for k in kernels) else None
     go = layer.applied if layer.coin == "random" else None
+    if [leaf.family for leaf in leaves] == ["fused"]:
+        return fused_cpu.fused(images, _fused_parameters(kernels, families, layer, v, matrix,
+                                                           policy.fill, go))
+    params = (_fused_parameters(kernels, families, layer, v, matrix, policy.fill, None)
+              if "fused" in families else None)
+    b = _Branches(leaves, v, matrix, params, fixed is not None, policy.fill, interpolation)
+    leaf = _table(leaf_of, branch, np.int32) if len(leaves) > 1 or -1 in leaf_of else 0
     if -1 in leaf_of:
         go = leaf >= 0 if go is None else go * (leaf >= 0)
     if go is None:
@@ -242,7 +283,7 @@ def _apply_layer(images, policy: Policy, j: int, layer: LayerDraws, interpolatio
 
 
 def augment(images: DataNode, policy: "Policy | str | Path", trace: bool = False,
-            seed: int | None = None, interpolation: str = "linear",
+            seed: int | None = None, interpolation: str = "linear", cpu_kernels: str = "fused",
             resolution: int | None = None):
     """Apply ``policy`` to a batch of uint8 HWC images inside a DALI pipeline definition.
 
@@ -260,6 +301,9 @@ def augment(images: DataNode, policy: "Policy | str | Path", trace: bool = False
         interpolation: ``"linear"`` (bilinear, as DALI's rand_augment and the torch search
             kernels) or ``"nearest"`` (PIL's default, as TF-models RandAugment; about 9x
             cheaper than bilinear in DALI's CPU ``warp_affine``) for the geometric operators.
+        cpu_kernels: for CPU images, ``"fused"`` (default: the bilinear warp and the colour
+            family as compiled loops, :mod:`dra_dali.dali.cpu_kernels`, same parity, several
+            times cheaper) or ``"dali"`` (DALI's operators only: the graph GPU images get).
         resolution: the side of the images in pixels: the policy (object, file or preset) is
             adapted to it (``Policy.with_resolution``: the translate range follows it). A DALI
             graph does not know its images' size when it is defined, so without it the policy
@@ -274,7 +318,7 @@ def augment(images: DataNode, policy: "Policy | str | Path", trace: bool = False
         ImageInputError: (a ``DraDaliError``) the graph says the images are not uint8 HWC
             (checked here, when the graph is defined, from what DALI's operator schemas infer;
             see :mod:`dra_dali.dali.node_meta`); the message names what it found.
-        ValueError: for an unknown interpolation.
+        ValueError: for an unknown interpolation or ``cpu_kernels``.
         PolicyError: ``resolution`` is not a positive integer.
 
     Warns:
@@ -295,9 +339,12 @@ def augment(images: DataNode, policy: "Policy | str | Path", trace: bool = False
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"augment: interpolation must be one of {sorted(INTERPOLATIONS)}, got "
                          f"{interpolation!r}")
+    if cpu_kernels not in CPU_KERNELS:
+        raise ValueError(f"augment: cpu_kernels must be one of {list(CPU_KERNELS)}, got "
+                         f"{cpu_kernels!r}")
     drawn = policy_draws(policy, seed)
     for j, layer in enumerate(drawn.layers):
-        images = _apply_layer(images, policy, j, layer, interpolation)
+        images = _apply_layer(images, policy, j, layer, interpolation, cpu_kernels)
     if not trace:
         return images
     stacked = [fn.stack(*[getattr(layer, f) for layer in drawn.layers])
@@ -358,7 +405,8 @@ def _run_batches(pipe, items: list[np.ndarray], batch: int, trace: bool):
 
 def apply_policy(policy: Policy, images: np.ndarray | Sequence[np.ndarray], seed: int = 0,
                  device: str = "cpu", trace: bool = False, batch_size: int = 256,
-                 num_threads: int = 2, interpolation: str = "linear"):
+                 num_threads: int = 2, interpolation: str = "linear",
+                 cpu_kernels: str = "fused"):
     """Run the compiled policy on in-memory images (numpy in, numpy out).
 
     The same graph as :func:`augment`, fed by an external source. Same seed, same output.
@@ -373,6 +421,7 @@ def apply_policy(policy: Policy, images: np.ndarray | Sequence[np.ndarray], seed
         batch_size: images per DALI batch.
         num_threads: DALI CPU threads.
         interpolation: geometric operators' interpolation, ``"linear"`` or ``"nearest"``.
+        cpu_kernels: ``"fused"`` or ``"dali"`` kernels on the CPU (see :func:`augment`).
 
     Returns:
         The augmented images (an ``(N, H, W, 3)`` array when all outputs have one shape,
@@ -402,9 +451,10 @@ def apply_policy(policy: Policy, images: np.ndarray | Sequence[np.ndarray], seed
         if device == "gpu":
             data = data.gpu()
         if trace:
-            out, t = augment(data, policy, trace=True, interpolation=interpolation)
+            out, t = augment(data, policy, trace=True, interpolation=interpolation,
+                             cpu_kernels=cpu_kernels)
             return (out, *t.outputs())
-        return augment(data, policy, interpolation=interpolation)
+        return augment(data, policy, interpolation=interpolation, cpu_kernels=cpu_kernels)
 
     pipe = _pipe()
     pipe.build()

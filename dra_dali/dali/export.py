@@ -277,8 +277,9 @@ def compile_policy(policy: Policy, out: str | Path, *, device: str = "cpu",
     if mismatch:
         result.warnings.append(mismatch)
 
+    # DALI's own operators only: the fused CPU kernels (numba) cannot be serialised
     pipe = build_train_pipeline(images, policy, recipe, batch_size=batch_size, device=device,
-                                seed=seed, warn=False)
+                                seed=seed, warn=False, cpu_kernels="dali")
     ops = graph_operators(pipe)
     problems = placement_problems(pipe, device)
     result.operators = dict(Counter((schema, dev) for _, schema, dev, _ in ops))
@@ -324,17 +325,19 @@ def compile_policy(policy: Policy, out: str | Path, *, device: str = "cpu",
              f"policy: {config['policy']} (sha256 {config['policy_sha256'][:12]}), "
              f"{policy.depth} layers, {len(policy.ops)} operators, resolution "
              f"{policy.resolution}, scale {policy.scale:g}",
-             f"recipe: {recipe.name}: {recipe.crop} crop to {recipe.size} px"
-             + (f", scale {list(recipe.scale)}, ratio {[round(r, 3) for r in recipe.ratio]}"
+             f"recipe: {recipe.name}: {recipe.crop} crop to {recipe.resolution} px"
+             + (f", crop_scale {list(recipe.crop_scale)}, crop_ratio "
+                f"{[round(r, 3) for r in recipe.crop_ratio]}"
                 if recipe.crop == "random_resized" else
-                f", pad {recipe.pad}" if recipe.crop == "pad_crop" else "")
+                f", pad {recipe.pad}" if recipe.crop == "pad" else "")
              + f", flip {'on' if recipe.flip else 'off'}"
              + (f", cutout {recipe.cutout} px" if recipe.cutout else "")
              + f", normalise mean {list(recipe.mean)} std {list(recipe.std)} -> NCHW "
                f"{recipe.dtype}",
              f"data: {images.source} ({len(images)} images, {len(images.classes)} classes; the "
              f"serialised reader holds these absolute paths)",
-             f"outputs: images (N x 3 x {recipe.size} x {recipe.size}), labels (N x 1 int32); "
+             f"outputs: images (N x 3 x {recipe.resolution} x {recipe.resolution}), labels "
+             f"(N x 1 int32); "
              f"batch size {config['batch_size']}, seed {seed}, DALI {nvidia.dali.__version__}"]
     lines += [f"WARNING: {w}" for w in result.warnings]
     lines += ["", "== policy =="] + _policy_lines(policy)

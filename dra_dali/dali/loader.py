@@ -224,7 +224,7 @@ class DALILoader:
         self.device_id = device_id if self._dali_device == "gpu" else None
         self.recipe = load_recipe(recipe)
         self.images = scan_images(data)
-        self.policy = resolve_policy(policy, self.recipe.size)
+        self.policy = resolve_policy(policy, self.recipe.resolution)
         self.classes = self.images.classes
         self.num_classes = len(self.classes)
         self.batch_size = batch_size or self.recipe.batch_size

@@ -109,9 +109,25 @@ def _infer(node: DataNode, known: dict[str, tuple]) -> tuple:
             for out in instance.outputs:
                 spec.AddOutput(out.name, out.device)
         spec.InferOutputMetadata()
-        return tuple(spec.OutputDesc(node.index)[2:])
+        return _declared(node, tuple(spec.OutputDesc(node.index)[2:]))
     except Exception:  # noqa: BLE001 - an operator or a DALI version that cannot tell: unknown
-        return own
+        return _declared(node, own)
+
+
+def _declared(node: DataNode, found: tuple) -> tuple:
+    """Fill what the schema cannot infer from the operator's own declaration of its outputs:
+    DALI's ``numba_function`` has no inference but is given ``out_types`` and ``outs_ndim``."""
+    ndim, dtype, layout = found
+    op = getattr(node.source, "_op", None)
+    index = node.index or 0
+
+    def pick(name: str, value):
+        declared = getattr(op, name, None)
+        if value is None and isinstance(declared, (list, tuple)) and index < len(declared):
+            return declared[index]
+        return value
+
+    return pick("outs_ndim", ndim), pick("out_types", dtype), layout
 
 
 def _producer(node: DataNode) -> str | None:
@@ -174,8 +190,7 @@ def check_images(node: DataNode, who: str = "augment") -> NodeMetadata:
     Warns:
         UserWarning: where the graph cannot tell the dtype (so nothing can be checked before
             the pipeline runs); it says how to declare it. A layout the graph cannot tell (DALI's
-            arithmetic operators drop it, so the output of ``augment`` has none) is not
-            checked and not warned about.
+            arithmetic operators drop it) is not checked and not warned about.
     """
     meta = node_metadata(node)
     wrong = (meta.dtype not in (None, "uint8")

@@ -39,16 +39,31 @@ from nvidia.dali import math as dmath
 from nvidia.dali.data_node import DataNode
 from nvidia.dali.pipeline import do_not_convert
 
+from dra_dali.dali import cpu_kernels as fused
 from dra_dali.ops import FILL_VALUE, OP_NAMES, OPS, kernels, parameter, register
 
-__all__ = ["DALI_OPS", "DaliKernel", "INTERPOLATIONS", "apply_op", "dali_affine", "dali_kernel",
-           "dali_kernels", "image_size", "matrix_node", "parameter_node", "warp"]
+__all__ = ["CPU_KERNELS", "DALI_OPS", "DaliKernel", "INTERPOLATIONS", "apply_op", "dali_affine",
+           "dali_kernel", "dali_kernels", "fused_on", "image_size", "matrix_node", "parameter_node",
+           "runs_fused", "warp"]
 
 Scalar = Union[DataNode, float, int]
 
 #: Interpolation of the geometric operators: PIL's BILINEAR (the default, as DALI's
 #: rand_augment and the torch search kernels) or NEAREST (PIL's default, as TF-models).
 INTERPOLATIONS = {"linear": types.INTERP_LINEAR, "nearest": types.INTERP_NN}
+
+#: Kernels for CPU images: ``"fused"`` runs every operator of ``cpu_kernels.FUSED_KINDS`` and the
+#: bilinear affine family as one compiled loop (:mod:`dra_dali.dali.cpu_kernels`, several times
+#: cheaper on the CPU, same parity tests); ``"dali"`` keeps DALI's operators everywhere, the graph
+#: the GPU runs. GPU images always take DALI's operators.
+CPU_KERNELS = ("fused", "dali")
+
+
+def fused_on(images: DataNode, cpu_kernels: str) -> bool:
+    """Whether ``images`` take the fused CPU kernels (CPU images and ``cpu_kernels="fused"``)."""
+    if cpu_kernels not in CPU_KERNELS:
+        raise ValueError(f"cpu_kernels must be one of {list(CPU_KERNELS)}, got {cpu_kernels!r}")
+    return cpu_kernels == "fused" and images.device == "cpu"
 
 
 @dataclass(frozen=True)
@@ -228,7 +243,7 @@ def _blend(degenerate: DataNode, images: DataNode, factor: Scalar) -> DataNode:
 
 def apply_op(name: str, images: DataNode, magnitude: Scalar, sign: Scalar | None = None, *,
              resolution: int = 224, fill: int = FILL_VALUE, interpolation: str = "linear",
-             **extra) -> DataNode:
+             cpu_kernels: str = "fused", **extra) -> DataNode:
     """Apply catalog operator ``name`` with a per-sample magnitude (and sign) to uint8 HWC images.
 
     Args:
@@ -239,6 +254,7 @@ def apply_op(name: str, images: DataNode, magnitude: Scalar, sign: Scalar | None
         resolution: training resolution (translate range).
         fill: grey level of the pixels geometric operators bring in.
         interpolation: ``"linear"`` or ``"nearest"`` (geometric operators).
+        cpu_kernels: ``"fused"`` or ``"dali"`` for CPU images (see :data:`CPU_KERNELS`).
         extra: kernel-specific options (Cutout: ``center``).
 
     Raises:
@@ -249,7 +265,27 @@ def apply_op(name: str, images: DataNode, magnitude: Scalar, sign: Scalar | None
         raise KeyError(f"no DALI kernel for operator {name!r}; registered: {', '.join(table)}")
     kernel = table[name]
     v = parameter_node(name, magnitude, sign, resolution, integer=kernel.integer)
+    if fused_on(images, cpu_kernels) and runs_fused(kernel, interpolation):
+        return fused.fused(images, _fused_parameters(kernel, images, v, fill, extra.get("center")))
     return kernel.apply(images, v, fill=fill, interpolation=interpolation, **extra)
+
+
+def runs_fused(kernel: DaliKernel, interpolation: str) -> bool:
+    """Whether the fused CPU kernel runs ``kernel`` (bilinear only, for the affine family)."""
+    return fused.fusable(kernel.name, kernel.affine) and (
+        not kernel.affine or interpolation == "linear")
+
+
+def _fused_parameters(kernel: DaliKernel, images: DataNode, v: Scalar, fill: int, center):
+    if kernel.affine:
+        return fused.parameters(fused.AFFINE, v, matrix_node(kernel.matrix, v, image_size(images)),
+                                fill)
+    centre = None
+    if kernel.name == "Cutout":           # the fused kernel takes the centre as u = centre / size
+        hw = fn.cast(images.shape(device="cpu")[0:2], dtype=types.FLOAT)
+        centre = (fn.random.uniform(range=[0.0, 1.0], shape=[2]) if center is None
+                  else (center + 0.5) / hw)
+    return fused.parameters(fused.FUSED_KINDS.index(kernel.name), v, centre=centre)
 
 
 def warp(images: DataNode, matrix, fill: int = FILL_VALUE,

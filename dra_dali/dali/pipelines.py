@@ -7,10 +7,11 @@ and the validation resize. The graph is::
     readers.file (files + labels of scan_images; shuffle, seed, shard_id/num_shards, pad_last_batch)
       -> decode: fused decode-and-random-crop (``decoders.image_random_crop``, "mixed" on GPU)
          for crop: random_resized, plain ``decoders.image`` otherwise
-      -> resize to size x size  |  pad-crop  ->  flip  ->  augment(policy)
+      -> resize to resolution x resolution  |  pad crop  ->  flip  ->  augment(policy)
       -> crop_mirror_normalize (NCHW float, mean/std)  ->  cutout (optional)
 
-Validation: decode -> resize shorter side to ``val_resize`` -> centre crop ``size`` -> normalise.
+Validation: decode -> resize shorter side to ``val_resize`` -> centre crop ``resolution`` ->
+normalise.
 
 Both builders return an unbuilt :class:`nvidia.dali.Pipeline` with outputs ``("images",
 "labels")`` and a reader named :data:`READER_NAME`; :class:`dra_dali.dali.DALILoader` wraps them
@@ -35,6 +36,7 @@ from typing import Any, Literal, Mapping
 
 import numpy as np
 
+from dra_dali import renamed
 from dra_dali.data import DataError, ImageList, scan_images
 from dra_dali.errors import DraDaliError
 from dra_dali.ops import translate_range_px
@@ -63,7 +65,7 @@ READER_NAME = "Reader"
 #: Output names of the train and validation pipelines, in order.
 OUTPUT_NAMES = ("images", "labels")
 
-_CROPS = ("random_resized", "pad_crop", "center")
+_CROPS = ("random_resized", "pad", "center")
 _DTYPES = ("float32", "float16")
 _DEVICES = ("cpu", "gpu")
 
@@ -78,13 +80,13 @@ class PipelineRecipe:
 
     Attributes:
         name: a label for summaries.
-        size: output side in pixels (train crop and val centre crop).
+        resolution: output side in pixels (train crop and val centre crop).
         crop: train crop: ``random_resized`` (fused decode-and-random-crop, then resize to
-            ``size``), ``pad_crop`` (pad by ``pad`` pixels with ``pad_fill``, random ``size``
+            ``resolution``), ``pad`` (pad by ``pad`` pixels with ``pad_fill``, random ``resolution``
             crop; CIFAR) or ``center`` (the validation transform; no random crop).
-        scale: random-resized-crop area fraction range.
-        ratio: random-resized-crop aspect-ratio range.
-        pad: padding of ``pad_crop`` in pixels.
+        crop_scale: random-resized-crop area fraction range.
+        crop_ratio: random-resized-crop aspect-ratio range.
+        pad: padding of the ``pad`` crop in pixels.
         pad_fill: value of the padded pixels (0, as torchvision's RandomCrop).
         flip: random horizontal flip (p = 0.5) before the policy.
         cutout: side in pixels of a Cutout square; 0 disables it. Applied after normalisation
@@ -92,19 +94,19 @@ class PipelineRecipe:
             ``cutout_before_normalize``.
         cutout_before_normalize: cut the uint8 image before normalisation, filled black (0), as
             the DRA authors' CIFAR retraining does (``pipelines/cifar-dra.yaml``).
-        val_resize: validation resizes the shorter side to this, then centre-crops ``size``.
+        val_resize: validation resizes the shorter side to this, then centre-crops ``resolution``.
         mean: per-channel mean in [0, 1] units (multiplied by 255 inside).
         std: per-channel standard deviation in [0, 1] units.
         batch_size: default batch size.
-        num_threads: default number of DALI CPU threads.
+        threads: default number of DALI CPU threads.
         dtype: output dtype, ``float32`` or ``float16``.
     """
 
     name: str = "imagenet"
-    size: int = 224
-    crop: Literal["random_resized", "pad_crop", "center"] = "random_resized"
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    resolution: int = 224
+    crop: Literal["random_resized", "pad", "center"] = "random_resized"
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     pad: int = 4
     pad_fill: int = 0
     flip: bool = True
@@ -114,7 +116,7 @@ class PipelineRecipe:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     batch_size: int = 256
-    num_threads: int = 4
+    threads: int = 4
     dtype: Literal["float32", "float16"] = "float32"
 
     def _fail(self, field: str, message: str) -> None:
@@ -123,22 +125,24 @@ class PipelineRecipe:
     def __post_init__(self) -> None:
         self._check_scalars()
         self._check_lists()
-        if self.val_resize < self.size:
-            self._fail("val_resize", f"{self.val_resize} is smaller than size {self.size}; the "
+        if self.val_resize < self.resolution:
+            self._fail("val_resize", f"{self.val_resize} is smaller than resolution "
+                                     f"{self.resolution}; the "
                                      "centre crop would not fit")
-        if self.cutout > self.size:
-            self._fail("cutout", f"{self.cutout} px is larger than the image side {self.size}")
-        lo, hi = self.scale
+        if self.cutout > self.resolution:
+            self._fail("cutout", f"{self.cutout} px is larger than the image side "
+                                 f"{self.resolution}")
+        lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
-            self._fail("scale", f"expected 0 < lo <= hi <= 1, got {list(self.scale)}")
-        lo, hi = self.ratio
+            self._fail("crop_scale", f"expected 0 < lo <= hi <= 1, got {list(self.crop_scale)}")
+        lo, hi = self.crop_ratio
         if not 0 < lo <= hi:
-            self._fail("ratio", f"expected 0 < lo <= hi, got {list(self.ratio)}")
+            self._fail("crop_ratio", f"expected 0 < lo <= hi, got {list(self.crop_ratio)}")
         if any(s <= 0 for s in self.std):
             self._fail("std", f"must be positive, got {list(self.std)}")
 
     def _check_scalars(self) -> None:
-        for names, low, what in ((("size", "batch_size", "num_threads", "val_resize"), 1,
+        for names, low, what in ((("resolution", "batch_size", "threads", "val_resize"), 1,
                                   "a positive integer"),
                                  (("pad", "cutout", "pad_fill"), 0, "a non-negative integer")):
             for name in names:
@@ -154,7 +158,7 @@ class PipelineRecipe:
                 self._fail(name, f"expected true or false, got {getattr(self, name)!r}")
 
     def _check_lists(self) -> None:
-        for name, length in (("scale", 2), ("ratio", 2), ("mean", 3), ("std", 3)):
+        for name, length in (("crop_scale", 2), ("crop_ratio", 2), ("mean", 3), ("std", 3)):
             value = getattr(self, name)
             if not isinstance(value, (list, tuple)) or len(value) != length or not all(
                     isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -176,6 +180,7 @@ class PipelineRecipe:
         if not isinstance(data, Mapping):
             raise RecipeError(f"{source}: expected a mapping of recipe fields, got "
                               f"{type(data).__name__}")
+        data = renamed.translate(data, renamed.PIPELINE, source)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -211,7 +216,7 @@ def load_recipe(recipe: "str | Path | PipelineRecipe | Mapping[str, Any]") -> Pi
             keys or an invalid field; the message names the file.
 
     Example:
-        >>> load_recipe("cifar").size
+        >>> load_recipe("cifar").resolution
         32
     """
     if isinstance(recipe, PipelineRecipe):
@@ -252,7 +257,7 @@ def resolution_warning(policy: Policy, recipe: PipelineRecipe) -> str | None:
         ``None`` when the sizes match or the policy has no translation, else a sentence naming
         both sizes and the translate range at each.
     """
-    return adapt_policy(policy, recipe.size, recipe.name)[1]
+    return adapt_policy(policy, recipe.resolution, recipe.name)[1]
 
 
 def adapt_policy(policy: Policy, size: int, recipe: str | None = None
@@ -267,7 +272,7 @@ def adapt_policy(policy: Policy, size: int, recipe: str | None = None
 
     Args:
         policy: the policy.
-        size: the pipeline's image side in pixels (the recipe's ``size``).
+        size: the pipeline's image side in pixels (the recipe's ``resolution``).
         recipe: the recipe's name, for the note.
 
     Returns:
@@ -357,9 +362,13 @@ def _reader(images: ImageList, *, shuffle: bool, seed: int, shard_id: int, num_s
     # shards partition the data exactly (random_shuffle would shuffle only within a buffer). Its
     # seed is shuffle_after_epoch_seed; without it DALI uses one fixed permutation for any seed.
     shuffling = {"shuffle_after_epoch": True, "shuffle_after_epoch_seed": seed} if shuffle else {}
+    # dont_use_mmap: plain reads. A file truncated while DALI reads a memory map of it kills the
+    # process with SIGBUS (exit 135; measured 6 of 11 runs with files rewritten during training);
+    # with plain reads it is a decoder error that the trainer names (issue 14 item 3). Mapped
+    # files are also cached by path: a resume in the same process read a repaired file's old bytes.
     return fn.readers.file(files=[str(p) for p in images.paths], labels=list(images.labels),
                            shard_id=shard_id, num_shards=num_shards, pad_last_batch=True,
-                           name=READER_NAME, **shuffling)
+                           name=READER_NAME, dont_use_mmap=True, **shuffling)
 
 
 def _decode(jpegs, device: str):
@@ -370,37 +379,37 @@ def _decode(jpegs, device: str):
 
 
 def _train_crop(jpegs, recipe: PipelineRecipe, device: str):
-    """Decode and randomly crop to ``size x size`` uint8 HWC."""
+    """Decode and randomly crop to ``resolution x resolution`` uint8 HWC."""
     from nvidia.dali import fn, types
     from nvidia.dali import math as dmath
 
     if recipe.crop == "random_resized":
         images = fn.decoders.image_random_crop(
             jpegs, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB,
-            random_area=list(recipe.scale), random_aspect_ratio=list(recipe.ratio),
+            random_area=list(recipe.crop_scale), random_aspect_ratio=list(recipe.crop_ratio),
             num_attempts=10)
-        return fn.resize(images, size=[recipe.size, recipe.size])
+        return fn.resize(images, size=[recipe.resolution, recipe.resolution])
     if recipe.crop == "center":
         return _center(_decode(jpegs, device), recipe)
-    # pad_crop: a size x size window whose top-left corner is uniform over
-    # [-pad, dim - size + pad] on each axis; out-of-image pixels are pad_fill.
+    # pad: a resolution x resolution window whose top-left corner is uniform over
+    # [-pad, dim - resolution + pad] on each axis; out-of-image pixels are pad_fill.
     images = _decode(jpegs, device)
     shape = fn.cast(fn.peek_image_shape(jpegs), dtype=types.FLOAT)
     starts = []
     for axis in (0, 1):
-        span = shape[axis] - (recipe.size - 2 * recipe.pad - 1)
+        span = shape[axis] - (recipe.resolution - 2 * recipe.pad - 1)
         u = fn.random.uniform(range=[0.0, 1.0])
         starts.append(fn.cast(dmath.floor(u * span) - recipe.pad, dtype=types.INT32))
     start = fn.stack(*starts)
-    return fn.slice(images, start=start, shape=[recipe.size, recipe.size], axis_names="HW",
-                    out_of_bounds_policy="pad", fill_values=recipe.pad_fill)
+    return fn.slice(images, start=start, shape=[recipe.resolution, recipe.resolution],
+                    axis_names="HW", out_of_bounds_policy="pad", fill_values=recipe.pad_fill)
 
 
 def _center(images, recipe: PipelineRecipe):
     from nvidia.dali import fn
 
     images = fn.resize(images, resize_shorter=recipe.val_resize)
-    return fn.crop(images, crop=[recipe.size, recipe.size], out_of_bounds_policy="pad")
+    return fn.crop(images, crop=[recipe.resolution, recipe.resolution], out_of_bounds_policy="pad")
 
 
 def _normalize(images, recipe: PipelineRecipe, mirror=None):
@@ -425,7 +434,7 @@ def _pipeline_kwargs(recipe: PipelineRecipe, batch_size: int | None, num_threads
     # Checkpointing is always on (DALI: no cost while no checkpoint is taken), so that a loader
     # can save its exact position at any step; ``checkpoint`` restores one.
     return {"batch_size": batch_size or recipe.batch_size,
-            "num_threads": num_threads or recipe.num_threads,
+            "num_threads": num_threads or recipe.threads,
             "device_id": device_id if device == "gpu" else None, "seed": seed,
             "enable_checkpointing": True, "checkpoint": checkpoint}
 
@@ -435,7 +444,8 @@ def build_train_pipeline(data: "str | Path | ImageList", policy: Policy | None =
                          batch_size: int | None = None, device: str = "cpu",
                          device_id: int | None = None, num_threads: int | None = None,
                          seed: int = 0, shard_id: int = 0, num_shards: int = 1,
-                         shuffle: bool = True, warn: bool = True, checkpoint: str | None = None):
+                         shuffle: bool = True, warn: bool = True, checkpoint: str | None = None,
+                         cpu_kernels: str = "fused"):
     """The training pipeline: reader, decode + random crop, flip, the policy, normalise.
 
     Args:
@@ -460,6 +470,8 @@ def build_train_pipeline(data: "str | Path | ImageList", policy: Policy | None =
         checkpoint: a DALI checkpoint (``Pipeline.checkpoint()`` of a pipeline built with the
             same arguments) to continue from; every pipeline is built with
             ``enable_checkpointing=True``.
+        cpu_kernels: the policy's kernels on CPU images (``augment``'s option): ``"fused"`` or
+            ``"dali"`` (DALI's operators only, which a serialised pipeline needs).
 
     Returns:
         An unbuilt :class:`nvidia.dali.Pipeline` with outputs ``images`` (N x 3 x size x size,
@@ -482,7 +494,7 @@ def build_train_pipeline(data: "str | Path | ImageList", policy: Policy | None =
     kwargs = _pipeline_kwargs(recipe, batch_size, num_threads, device, device_id,
                               seed + 7919 * shard_id, checkpoint)
     if policy is not None:
-        policy, note = adapt_policy(policy, recipe.size, recipe.name)
+        policy, note = adapt_policy(policy, recipe.resolution, recipe.name)
         if note and warn:
             warnings.warn(note, UserWarning, stacklevel=2)
 
@@ -500,7 +512,7 @@ def build_train_pipeline(data: "str | Path | ImageList", policy: Policy | None =
                 mirror = None
             from dra_dali.dali.compiler import augment
 
-            images = augment(images, policy)
+            images = augment(images, policy, cpu_kernels=cpu_kernels)
         if recipe.cutout and recipe.cutout_before_normalize:
             images = _apply_cutout(images, recipe, fill=0.0)          # uint8 HWC, black
         images = _normalize(images, recipe, mirror)
@@ -515,7 +527,7 @@ def _apply_cutout(images, recipe: PipelineRecipe, fill: float):
     from nvidia.dali import fn
     from nvidia.dali import math as dmath
 
-    centre = fn.random.uniform(range=[0.0, float(recipe.size)], shape=[2])
+    centre = fn.random.uniform(range=[0.0, float(recipe.resolution)], shape=[2])
     anchor = dmath.floor(centre) - recipe.cutout // 2
     return fn.erase(images, anchor=anchor, shape=[float(recipe.cutout)] * 2, axis_names="HW",
                     fill_value=fill)
@@ -582,7 +594,7 @@ def build_preview_pipeline(data: "str | Path | ImageList", policy: Policy,
     from nvidia.dali import fn, pipeline_def
 
     recipe = load_recipe(recipe)
-    policy = adapt_policy(policy, recipe.size)[0]
+    policy = adapt_policy(policy, recipe.resolution)[0]
     scanned = scan_images(data)
     picks = np.linspace(0, len(scanned) - 1, num=min(images, len(scanned))).round().astype(int)
     files = [str(scanned.paths[i]) for i in picks for _ in range(samples)]

@@ -349,22 +349,22 @@ def _ignored_files(images: ImageList) -> list[Problem]:
     return out
 
 
-def check_files(paths: "list[Path]", decode: bool = True, workers: int | None = None,
+def check_files(paths: "list[Path]", decode: bool = True, threads: int | None = None,
                 progress: Callable[[int], None] | None = None) -> list[Problem]:
     """:func:`check_file` over many files in parallel threads.
 
     Args:
         paths: the files.
         decode: also decode every image (strict for JPEGs); else headers only.
-        workers: threads (default: 2 per CPU core with decoding, 4 without; at most 32).
+        threads: threads (default: 2 per CPU core with decoding, 4 without; at most 32).
         progress: called with 1 after each file.
 
     Returns:
         The findings, sorted by path.
     """
-    workers = workers or min(32, (os.cpu_count() or 1) * (2 if decode else 4))
+    threads = threads or min(32, (os.cpu_count() or 1) * (2 if decode else 4))
     problems: list[Problem] = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         for found in pool.map(lambda p: check_file(p, decode), paths, chunksize=16):
             problems += found
             if progress is not None:
@@ -373,20 +373,20 @@ def check_files(paths: "list[Path]", decode: bool = True, workers: int | None = 
     return problems
 
 
-def _run(images: ImageList, decode: bool, workers: int | None,
+def _run(images: ImageList, decode: bool, threads: int | None,
          progress: Callable[[int], None] | None) -> DataReport:
-    problems = check_files(images.paths, decode, workers, progress) + _ignored_files(images)
+    problems = check_files(images.paths, decode, threads, progress) + _ignored_files(images)
     problems.sort(key=lambda p: (str(p.path), p.kind))
     return DataReport(source=images.source, checked=len(images), problems=problems)
 
 
-def check_data(source: "str | Path | ImageList", workers: int | None = None,
+def check_data(source: "str | Path | ImageList", threads: int | None = None,
                progress: Callable[[int], None] | None = None, decode: bool = True) -> DataReport:
     """Scan an image folder or file list and decode every file, in parallel threads.
 
     Args:
         source: image folder, file list, or a scanned :class:`ImageList`.
-        workers: threads (default: 2 per CPU core, at most 32).
+        threads: threads (default: 2 per CPU core, at most 32).
         progress: called with 1 after each file (e.g. a tqdm ``update``).
         decode: decode every image (default); ``False`` checks headers and file ends only.
 
@@ -401,4 +401,4 @@ def check_data(source: "str | Path | ImageList", workers: int | None = None,
         >>> report = check_data("data/train")            # doctest: +SKIP
         >>> print(report.summary())                      # doctest: +SKIP
     """
-    return _run(scan_images(source), decode=decode, workers=workers, progress=progress)
+    return _run(scan_images(source), decode=decode, threads=threads, progress=progress)

@@ -97,6 +97,8 @@ class RunDir:
     finished run unless ``force`` (train it further), and refuses any setting of ``config`` that
     differs from the saved ``config.yaml`` unless it is listed in ``overrides`` (recorded in
     ``overrides.jsonl``) or in ``ignore`` (settings that do not change results: threads, ...).
+    A setting missing from the saved ``config.yaml`` (a run of a version without it) counts as
+    its value in ``defaults``: resuming keeps working while the new setting stays at its default.
 
     Args:
         out: the run directory (created with its parents).
@@ -107,6 +109,9 @@ class RunDir:
         force: start over in a folder holding a run, or, with ``resume``, continue a finished one.
         overrides: setting names the user explicitly allows to change on resume.
         ignore: setting names that may change on resume without notice (no effect on results).
+        defaults: ``{setting: default}`` of the current schema; a setting the saved
+            ``config.yaml`` lacks is compared as its default (a setting without a default, as
+            missing, so any value differs).
 
     Attributes:
         path: the folder.
@@ -121,7 +126,7 @@ class RunDir:
 
     def __init__(self, out: str | Path, kind: str = "train", config: dict[str, Any] | None = None,
                  *, resume: bool = False, force: bool = False, overrides: Iterable[str] = (),
-                 ignore: Iterable[str] = ()) -> None:
+                 ignore: Iterable[str] = (), defaults: dict[str, Any] | None = None) -> None:
         if kind not in FINISHED:
             raise ValueError(f"kind must be one of {sorted(FINISHED)}, got {kind!r}")
         self.path = Path(out)
@@ -129,6 +134,7 @@ class RunDir:
         self.config = _parse(_dump(dict(config or {})), self.path / CONFIG)  # as saved
         self.resume, self.force = resume, force
         self.overrides, self.ignore = set(overrides), set(ignore)
+        self.defaults = _parse(_dump(dict(defaults or {})), self.path / CONFIG)  # as saved
         self.state: dict[str, Any] | None = None
         self.overridden: dict[str, tuple[Any, Any]] = {}
         self.metrics = MetricsLog(self.path / METRICS)
@@ -287,6 +293,7 @@ class RunDir:
         if unknown:
             raise RunDirError(f"override of unknown setting(s) {', '.join(unknown)}; known: "
                               f"{', '.join(sorted(self.config))}")
+        saved = {**{k: v for k, v in self.defaults.items() if k in self.config}, **saved}
         keys = [k for k in dict.fromkeys([*saved, *self.config]) if k not in self.ignore]
         changed = {k: (saved.get(k), self.config.get(k)) for k in keys
                    if not _same(saved.get(k), self.config.get(k))}

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from dra_dali import renamed
+from dra_dali.devices import DEVICE_WORDS, valid_device
 from dra_dali.errors import DraDaliError
 from dra_dali.ops import OP_NAMES, OPS, PAPER_OPS
 from dra_dali.recipes import find_recipe, recipe_names
@@ -40,6 +42,9 @@ class SearchConfig:
             (``ddas: {policies_per_step: 3}``), validated by the method.
         data: image folder or file list the proxy set is sampled from.
         val_data: optional image folder / list for the policy-update half (same classes).
+        skip_bad_files: exclude unusable image files (with a warning; listed in the run
+            directory's ``excluded_files.txt``) instead of stopping; a resumed search excludes
+            the same files.
         model: model registry name (:func:`dra_dali.models.create_model`).
         proxy_classes: classes sampled for the proxy task (``null``: all).
         images_per_class: images per class in the proxy set (``null``: all); without
@@ -52,10 +57,10 @@ class SearchConfig:
         resolution: training resolution of the search (and of the policy).
         decode_size: side of the square the proxy images are decoded to before crop
             (``null``: ``resolution`` for ``crop: pad``, ``8/7 * resolution`` otherwise).
-        crop: ``rrc`` (random-resized crop), ``pad`` (pad-and-crop, CIFAR), ``center`` (the
-            stored square resized to ``8/7 * resolution``, the central ``resolution`` square
-            kept: ImageNet's resize 256, centre crop 224) or ``none`` (the stored square resized
-            to ``resolution``).
+        crop: ``random_resized`` (random-resized crop), ``pad`` (pad-and-crop, CIFAR),
+            ``center`` (the stored square resized to ``8/7 * resolution``, the central
+            ``resolution`` square kept: ImageNet's resize 256, centre crop 224) or ``none`` (the
+            stored square resized to ``resolution``).
         crop_scale: area range of the random-resized crop.
         pad: padding in pixels for ``crop: pad``.
         flip: random horizontal flip (before the policy).
@@ -83,11 +88,12 @@ class SearchConfig:
         epochs, batch_size: passes over the model half and its batch size.
         val_batch_size: batch size of the second half (DRA's policy half, DDAS's validation
             half; ``null``: ``batch_size``).
-        lr, lr_batch: model SGD learning rate ``lr * batch_size / lr_batch`` (cosine decay).
+        lr, lr_reference_batch: model SGD learning rate ``lr * batch_size /
+            lr_reference_batch`` (cosine decay).
         momentum, nesterov, weight_decay, grad_clip: model optimiser.
         policy_lr, policy_betas, policy_weight_decay: the policy's AdamW.
         seed: seed of every random draw (proxy sampling, model init, augmentation).
-        device: ``cpu`` or ``cuda`` (``cuda:N``).
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         threads: torch CPU threads (``null``: torch's default).
     """
 
@@ -95,13 +101,14 @@ class SearchConfig:
     method_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     data: str | None = None
     val_data: str | None = None
+    skip_bad_files: bool = False
     model: str = "resnet-tiny"
     proxy_classes: int | None = None
     images_per_class: int | None = None
     val_images_per_class: int | None = None
     resolution: int = 32
     decode_size: int | None = None
-    crop: str = "rrc"
+    crop: str = "random_resized"
     crop_scale: tuple[float, float] = (0.05, 1.0)
     pad: int = 4
     flip: bool = True
@@ -130,7 +137,7 @@ class SearchConfig:
     batch_size: int = 32
     val_batch_size: int | None = None
     lr: float = 0.1
-    lr_batch: int = 256
+    lr_reference_batch: int = 256
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 1e-4
@@ -145,8 +152,8 @@ class SearchConfig:
     # ----- derived ---------------------------------------------------------------------------
     @property
     def effective_lr(self) -> float:
-        """The model's peak learning rate, ``lr * batch_size / lr_batch``."""
-        return self.lr * self.batch_size / self.lr_batch
+        """The model's peak learning rate, ``lr * batch_size / lr_reference_batch``."""
+        return self.lr * self.batch_size / self.lr_reference_batch
 
     @property
     def stored_size(self) -> int:
@@ -201,7 +208,7 @@ class SearchConfig:
             if not isinstance(loaded, dict):
                 raise ConfigError(f"{recipe}: a recipe must be a mapping of key: value, got "
                                   f"{type(loaded).__name__}")
-            values.update(loaded)
+            values.update(renamed.translate(loaded, renamed.SEARCH, where))
         _refuse_unknown(values, where)
         extra = {k: v for k, v in (overrides or {}).items() if v is not None}
         _refuse_unknown(extra, "overrides")
@@ -226,6 +233,7 @@ class SearchConfig:
         Raises:
             ConfigError: unknown keys or invalid values, naming the key.
         """
+        values = renamed.translate(values, renamed.SEARCH, where)
         _refuse_unknown(values, where)
         method = str(values.get("method", cls.method))
         sections = {k: v for k, v in values.items() if k in _method_names()}
@@ -308,8 +316,8 @@ class SearchConfig:
                 or any(s <= 0 for s in self.normalize[1]):
             raise self._bad(where, "normalize",
                             "must be [[mean r, g, b], [std r, g, b]] with std > 0")
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise self._bad(where, "device", "must be 'cpu', 'cuda' or 'cuda:N'")
+        if not valid_device(self.device):
+            raise self._bad(where, "device", f"must be {DEVICE_WORDS}")
 
     def _check_ops(self, where: str) -> None:
         unknown = [o for o in self.ops if o not in OPS]
@@ -341,14 +349,15 @@ class SearchConfig:
         self.__dict__["_options"] = options
 
 
-_AT_LEAST_ONE = ("resolution", "depth", "epochs", "batch_size", "lr_batch")
+_AT_LEAST_ONE = ("resolution", "depth", "epochs", "batch_size", "lr_reference_batch")
 _OPTIONAL_AT_LEAST_ONE = ("proxy_classes", "images_per_class", "decode_size", "threads",
                           "val_batch_size", "val_images_per_class")
 _POSITIVE = ("scale", "temperature", "lr", "policy_lr")
 _NON_NEGATIVE = ("pad", "cutout", "weight_decay", "grad_clip", "kl_weight", "policy_weight_decay",
                  "momentum")
 _CHOICES = {
-    "crop": (("rrc", "pad", "center", "none"), "must be one of rrc, pad, center, none"),
+    "crop": (("random_resized", "pad", "center", "none"),
+             "must be one of random_resized, pad, center, none"),
     "policy_crop": (("same", "center", "none"), "must be one of same, center, none"),
     "sampling": (("image", "batch"), "must be 'image' (per image) or 'batch' (per batch)"),
 }
@@ -358,8 +367,8 @@ _CHOICES = {
 _UPPER = {"lr": 10.0, "policy_lr": 10.0, "scale": 10.0, "temperature": 100.0,
           "kl_weight": 1000.0, "weight_decay": 1.0, "policy_weight_decay": 1.0, "grad_clip": 1e6,
           "init_logit": 100.0, "init_mean": 10.0, "depth": 64, "epochs": 100_000,
-          "batch_size": 1_000_000, "lr_batch": 1_000_000, "resolution": 8192, "decode_size": 8192,
-          "pad": 1024, "cutout": 8192, "proxy_classes": 1_000_000,
+          "batch_size": 1_000_000, "lr_reference_batch": 1_000_000, "resolution": 8192,
+          "decode_size": 8192, "pad": 1024, "cutout": 8192, "proxy_classes": 1_000_000,
           "images_per_class": 10_000_000, "threads": 4096}
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import kornia
 import numpy as np
@@ -30,7 +31,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dra_dali.data import DataError, ImageList, accept_images, decode_rgb
+from dra_dali.data import (
+    DataError,
+    ImageList,
+    Problem,
+    accept_images,
+    decode_rgb,
+    exclude,
+    name_culprits,
+    skip_or_refuse,
+)
 from dra_dali.search.config import SearchConfig
 
 __all__ = ["ProxyHalf", "ProxySet", "load_proxy", "crop_flip"]
@@ -51,11 +61,13 @@ class ProxyHalf:
 
 @dataclass(frozen=True)
 class ProxySet:
-    """The two halves of the proxy task and the sampled class names (label order)."""
+    """The two halves of the proxy task, the sampled class names (label order) and the files
+    left out (``skip_bad_files``; for the run directory's ``excluded_files.txt``)."""
 
     model_half: ProxyHalf
     policy_half: ProxyHalf
     classes: tuple[str, ...]
+    excluded: tuple[Problem, ...] = ()
 
 
 def _by_class(images: ImageList) -> dict[str, list[Path]]:
@@ -78,34 +90,63 @@ def _square(pixels: np.ndarray, side: int) -> np.ndarray:
 
 
 def _half(paths: list[tuple[Path, int]], side: int) -> ProxyHalf:
-    # The acceptance module decodes (strict check first, then DALI's decoder, as train does).
-    arrays = [_square(pixels, side) for pixels in decode_rgb([p for p, _ in paths])]
+    # The acceptance module decodes (the files were just checked strictly; DALI's decoder, as
+    # train uses).
+    arrays = [_square(pixels, side) for pixels in decode_rgb([p for p, _ in paths], checked=True)]
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor([label for _, label in paths], dtype=torch.int64)
     return ProxyHalf(images, labels, tuple(str(p) for p, _ in paths))
 
 
-def load_proxy(config: SearchConfig) -> ProxySet:
+def load_proxy(config: SearchConfig,
+               excluded_before: Sequence[Problem] | None = None) -> ProxySet:
     """Sample and decode the proxy set described by ``config``.
 
     Classes (``proxy_classes`` of them, or all) and images (``images_per_class``, or all) are
     drawn with ``config.seed``; labels are renumbered 0..N-1 in the order of the sampled class
-    names (sorted).
+    names (sorted). Every file is header-checked and every sampled file strictly checked
+    before decoding. With ``skip_bad_files`` an unusable file is excluded instead of refused
+    (a sampled one: the sample is drawn again, with the same seed, without it), so the proxy
+    depends only on the files left and the seed.
 
     Args:
-        config: the search configuration (``data``, ``val_data``, sizes, ``seed``).
+        config: the search configuration (``data``, ``val_data``, sizes, ``seed``,
+            ``skip_bad_files``).
+        excluded_before: on resume, the files the run excluded when it started
+            (:func:`dra_dali.data.read_excluded`): the same proxy is drawn, and any other
+            unusable file is refused.
 
     Returns:
-        The :class:`ProxySet`.
+        The :class:`ProxySet` (``excluded``: the files left out).
 
     Raises:
         DataError: ``data`` missing or unreadable; fewer classes or images than asked for;
-            ``val_data`` classes differ from ``data``'s; an image that cannot be decoded.
+            ``val_data`` classes differ from ``data``'s; an unusable image (path named; without
+            ``skip_bad_files`` or on a resume).
     """
     if not config.data:
         raise DataError("data: no training data given (an image folder or a file list)")
-    train = accept_images(config.data).images
-    val = accept_images(config.val_data).images if config.val_data else None
+    sets = [accept_images(source, skip_bad_files=config.skip_bad_files,
+                          excluded_before=excluded_before)
+            for source in (config.data, config.val_data) if source]
+    train, val = sets[0].images, (sets[1].images if len(sets) > 1 else None)
+    _check_same_classes(config, train, val)
+    excluded = tuple(dict.fromkeys(p for accepted in sets for p in accepted.excluded))
+    while True:
+        model_items, policy_items, classes = _sample(config, train, val)
+        bad = name_culprits([p for p, _ in model_items + policy_items])
+        if not bad:
+            break
+        skip_or_refuse(config.data, bad, skip_bad_files=config.skip_bad_files,
+                       resumed=excluded_before is not None)
+        excluded = tuple(dict.fromkeys(excluded + tuple(bad)))
+        train = exclude(train, [p for p in bad if p.path in set(train.paths)])
+        val = exclude(val, [p for p in bad if p.path in set(val.paths)]) if val else None
+    side = config.stored_size
+    return ProxySet(_half(model_items, side), _half(policy_items, side), classes, excluded)
+
+
+def _check_same_classes(config: SearchConfig, train: ImageList, val: ImageList | None) -> None:
     if val is not None and tuple(val.classes) != tuple(train.classes):
         only_train = sorted(set(train.classes) - set(val.classes))
         only_val = sorted(set(val.classes) - set(train.classes))
@@ -113,6 +154,15 @@ def load_proxy(config: SearchConfig) -> ProxySet:
                         f"{config.data}: only in data: {only_train[:10] or 'none'}, only in "
                         f"val_data: {only_val[:10] or 'none'} "
                         f"({len(train.classes)} vs {len(val.classes)} classes)")
+
+
+_Items = list[tuple[Path, int]]
+
+
+def _sample(config: SearchConfig, train: ImageList,
+            val: ImageList | None) -> tuple[_Items, _Items, tuple[str, ...]]:
+    """The proxy's files: ``(model half, policy half, sampled class names)``, drawn from
+    ``config.seed`` alone (the same files give the same sample)."""
     rng = np.random.default_rng(config.seed)
     n_classes = config.proxy_classes or len(train.classes)
     if n_classes > len(train.classes):
@@ -124,38 +174,48 @@ def load_proxy(config: SearchConfig) -> ProxySet:
     picked = sorted(rng.choice(len(train.classes), size=n_classes, replace=False).tolist())
     classes = tuple(train.classes[i] for i in picked)
     train_by, val_by = _by_class(train), _by_class(val) if val is not None else None
-    model_items: list[tuple[Path, int]] = []
-    policy_items: list[tuple[Path, int]] = []
+    model_items: _Items = []
+    policy_items: _Items = []
     for label, name in enumerate(classes):
         files = train_by[name]
         if val_by is None:
-            k = config.images_per_class or len(files)
-            if k > len(files) or k < 2:
-                raise DataError(f"{config.data}: class {name!r} has {len(files)} images, the "
-                                f"proxy asks for {k} per class (images_per_class; at least 2)")
-            chosen = [files[i] for i in rng.choice(len(files), size=k, replace=False)]
-            n_policy = _policy_share(config, k)
-            policy_items += [(p, label) for p in chosen[:n_policy]]
-            model_items += [(p, label) for p in chosen[n_policy:]]
+            model, policy = _split_one(config, name, files, rng)
         else:
-            k = config.images_per_class
-            n_policy = _policy_share(config, k) if k else len(val_by[name])
-            n_model = (k - n_policy) if k else len(files)
-            if n_model > len(files) or n_model < 1:
-                raise DataError(f"{config.data}: class {name!r} has {len(files)} images, the "
-                                f"model half asks for {n_model} (images_per_class minus the "
-                                f"policy half)")
-            vfiles = val_by[name]
-            if n_policy > len(vfiles) or n_policy < 1:
-                raise DataError(f"{config.val_data}: class {name!r} has {len(vfiles)} images, "
-                                f"the policy half asks for {n_policy} (val_images_per_class or "
-                                f"images_per_class // 2)")
-            model_items += [(files[i], label)
-                            for i in rng.choice(len(files), size=n_model, replace=False)]
-            policy_items += [(vfiles[i], label)
-                             for i in rng.choice(len(vfiles), size=n_policy, replace=False)]
-    side = config.stored_size
-    return ProxySet(_half(model_items, side), _half(policy_items, side), classes)
+            model, policy = _draw_two(config, name, files, val_by[name], rng)
+        model_items += [(p, label) for p in model]
+        policy_items += [(p, label) for p in policy]
+    return model_items, policy_items, classes
+
+
+def _split_one(config: SearchConfig, name: str, files: list[Path],
+               rng: np.random.Generator) -> tuple[list[Path], list[Path]]:
+    """Without ``val_data``: ``images_per_class`` files of the class, split into the halves."""
+    k = config.images_per_class or len(files)
+    if k > len(files) or k < 2:
+        raise DataError(f"{config.data}: class {name!r} has {len(files)} images, the "
+                        f"proxy asks for {k} per class (images_per_class; at least 2)")
+    chosen = [files[i] for i in rng.choice(len(files), size=k, replace=False)]
+    n_policy = _policy_share(config, k)
+    return chosen[n_policy:], chosen[:n_policy]
+
+
+def _draw_two(config: SearchConfig, name: str, files: list[Path], vfiles: list[Path],
+              rng: np.random.Generator) -> tuple[list[Path], list[Path]]:
+    """With ``val_data``: the model half from ``data``, the policy half from ``val_data``."""
+    k = config.images_per_class
+    n_policy = _policy_share(config, k) if k else len(vfiles)
+    n_model = (k - n_policy) if k else len(files)
+    if n_model > len(files) or n_model < 1:
+        raise DataError(f"{config.data}: class {name!r} has {len(files)} images, the "
+                        f"model half asks for {n_model} (images_per_class minus the "
+                        f"policy half)")
+    if n_policy > len(vfiles) or n_policy < 1:
+        raise DataError(f"{config.val_data}: class {name!r} has {len(vfiles)} images, "
+                        f"the policy half asks for {n_policy} (val_images_per_class or "
+                        f"images_per_class // 2)")
+    model = [files[i] for i in rng.choice(len(files), size=n_model, replace=False)]
+    policy = [vfiles[i] for i in rng.choice(len(vfiles), size=n_policy, replace=False)]
+    return model, policy
 
 
 def _policy_share(config: SearchConfig, k: int) -> int:
@@ -175,7 +235,7 @@ def crop_flip(images: torch.Tensor, config: SearchConfig,
 
     Args:
         images: ``(B, 3, S, S)`` uint8 proxy images.
-        config: ``crop`` (``rrc``/``pad``/``center``/``none``), ``crop_scale``, ``pad``,
+        config: ``crop`` (``random_resized``/``pad``/``center``/``none``), ``crop_scale``, ``pad``,
             ``flip``, ``resolution``, and ``policy_crop`` for the policy half.
         generator: random generator for the crop boxes and flips.
         policy_half: crop as ``policy_crop`` says (``same``: like the model half; ``center`` or
@@ -189,7 +249,7 @@ def crop_flip(images: torch.Tensor, config: SearchConfig,
         crop, flip = config.policy_crop, False
     x = images.float() / 255.0
     r = config.resolution
-    if crop == "rrc":
+    if crop == "random_resized":
         x = _random_resized_crop(x, r, config.crop_scale, generator)
     elif crop == "center":
         # Resize to 8/7 of the resolution (256 for 224), keep the central square.

@@ -12,7 +12,7 @@ Equalize) pass the output gradient straight through to the input (``x + stop_gra
 The magnitude reaches the parameter of Brightness, Color, Sharpness, Contrast and SolarizeAdd
 undetached (:data:`PARAMETER_GRADIENT_OPS`: the true ``d OP / d m``); every magnitude operator also
 gets the straight-through term of the DRA layer (``x + m - stop_grad(m)``, see
-:mod:`dra_dali.search.layer`).
+:mod:`dra_dali.search.methods.dra`).
 
 Example:
     >>> import torch

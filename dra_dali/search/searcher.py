@@ -28,6 +28,8 @@ import torch
 from torch import nn
 
 from dra_dali import __version__
+from dra_dali.data import EXCLUDED_FILE, excluded_text, read_excluded
+from dra_dali.devices import resolve_device
 from dra_dali.policy import Policy
 from dra_dali.runtime import CHECKPOINT as CHECKPOINT_NAME
 from dra_dali.runtime import RunDir, RunDirError, StopSignals, derive_seed
@@ -69,7 +71,7 @@ class SearchState:
     def __init__(self, config: SearchConfig, num_classes: int, steps_per_epoch: int,
                  model_factory: ModelFactory) -> None:
         self.config = config
-        self.device = torch.device(config.device)
+        self.device = torch.device(resolve_device(config.device))
         torch.manual_seed(config.seed)
         self.model = model_factory(config.model, num_classes, **config.model_args).to(self.device)
         self.method: SearchMethod = get_method(config.method)(
@@ -197,11 +199,15 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, resume: bool = Fals
         if config.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError("device: 'cuda' requested but torch sees no GPU; use device: cpu")
         _validate_model(config, config.proxy_classes or 2, factory)
-        proxy = load_proxy(config)
+        # a resumed search excludes the files it excluded when it started (the same proxy)
+        proxy = load_proxy(config, read_excluded(out_dir) if resume else None)
         if len(proxy.model_half) < 1 or len(proxy.policy_half) < 1:
             raise ConfigError("the proxy set has an empty half; raise images_per_class")
         with RunDir(out_dir, "search", config.to_dict(), resume=resume, force=force,
-                    overrides=overrides, ignore=RESUME_IGNORES) as run:
+                    overrides=overrides, ignore=RESUME_IGNORES,
+                    defaults=SearchConfig().to_dict()) as run:
+            if config.skip_bad_files and not run.resumed:
+                run.write(EXCLUDED_FILE, excluded_text(proxy.excluded))
             return _run(config, run, proxy, progress, factory, val_transform, on_epoch_end,
                         recipe)
     finally:

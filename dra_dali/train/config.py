@@ -9,15 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dra_dali import renamed
+from dra_dali.devices import DEVICE_WORDS, valid_device
 from dra_dali.errors import DraDaliError
 
-__all__ = ["TrainConfig", "TrainError", "valid_device"]
-
-
-def valid_device(device: str) -> bool:
-    """Whether ``device`` is one of the device words: auto, cpu, cuda, cuda:N."""
-    text = str(device)
-    return text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit())
+__all__ = ["TrainConfig", "TrainError"]
 
 
 class TrainError(DraDaliError):
@@ -53,8 +49,12 @@ class TrainConfig:
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"`` (the local rank's GPU) or
             ``"cuda:N"``; DALI decodes and augments on the same device.
         amp: mixed precision on CUDA (ignored on CPU).
-        workers: DALI CPU threads per process.
+        threads: DALI CPU threads per process.
         max_steps: stop each epoch after this many steps (``None``: full epochs); for smoke runs.
+        skip_bad_files: exclude unusable image files found before the run starts (with a
+            warning; listed in the run directory's ``excluded_files.txt``) instead of stopping;
+            a resumed run excludes the same files. A file that breaks during the run still
+            stops it (a DALI reader's file list is fixed), naming the file.
     """
 
     data: str
@@ -75,8 +75,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
-    workers: int = 2
+    threads: int = 2
     max_steps: int | None = None
+    skip_bad_files: bool = False
 
     def __post_init__(self) -> None:
         for name in ("data", "val_data", "out", "policy", "pipeline"):
@@ -99,9 +100,10 @@ class TrainConfig:
             ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"),
             ("warmup_start", 0 <= self.warmup_start <= 1, "in [0, 1]"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
-            ("device", valid_device(self.device), "auto, cpu, cuda or cuda:N"),
-            ("workers", self.workers >= 1, ">= 1"),
+            ("device", valid_device(self.device), DEVICE_WORDS),
+            ("threads", self.threads >= 1, ">= 1"),
             ("max_steps", self.max_steps is None or self.max_steps >= 1, ">= 1"),
+            ("skip_bad_files", isinstance(self.skip_bad_files, bool), "true or false"),
         ]
         for name, ok, rule in checks:
             if not ok:
@@ -118,12 +120,20 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """``{setting: default}`` of the settings that have one (a run saved before a setting
+        existed resumes as if it had the default)."""
+        return {f.name: f.default for f in dataclasses.fields(cls)
+                if f.default is not dataclasses.MISSING}
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         """Inverse of :meth:`to_dict`; unknown keys are refused.
 
         Raises:
             TrainError: unknown keys or invalid values.
         """
+        data = renamed.translate(data, renamed.TRAIN, "training configuration")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -152,6 +162,7 @@ class TrainConfig:
         data = load_yaml(Path(path), what="training configuration", error=TrainError)
         if not isinstance(data, dict):
             raise TrainError(f"{path}: expected a mapping of training settings")
+        data = renamed.translate(data, renamed.TRAIN, str(path))
         merged = {**data, **{k: v for k, v in changes.items() if v is not None}}
         try:
             return cls.from_dict(merged)

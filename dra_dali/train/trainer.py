@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from dra_dali.data import FileGuard
+from dra_dali.data import EXCLUDED_FILE, FileGuard, Problem, excluded_text, read_excluded
 from dra_dali.errors import DraDaliError
 from dra_dali.policy import Policy
 from dra_dali.runtime import RunDir, StopSignals, load_checkpoint, rng_state, set_rng_state
@@ -39,7 +39,7 @@ RUN_FILES = {"config": "config.yaml", "policy": "policy.yaml", "metrics": "metri
 #: Exit status of ``dra-dali train`` after SIGTERM (checkpoint saved), 130 after Ctrl-C.
 INTERRUPTED_EXIT = SIGTERM_EXIT
 #: Settings that may change on resume without changing results.
-_NO_EFFECT = ("workers", "device", "out")
+_NO_EFFECT = ("threads", "device", "out")
 #: Steps between progress-bar updates and, with several processes, between stop agreements.
 _SYNC_EVERY = 10
 _FORMAT = "dra-dali-checkpoint/2"
@@ -118,6 +118,21 @@ def evaluate(model: nn.Module, batches: Iterable, info: DistInfo, amp_dtype: tor
             "val_images": int(count)}
 
 
+def _guarded(batches: Iterable, guard: FileGuard) -> Iterator:
+    """``batches``, with a decoder failure raised as the guard's error naming the files."""
+    iterator = iter(batches)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except RuntimeError as exc:
+            error = guard.failure(exc)
+            break
+        yield batch
+    raise error  # outside the handler: no __context__ keeping the failed pipeline alive
+
+
 class Trainer:
     """One training run. :meth:`fit` is the whole run; the steps are public for trainers that
     subclass it (a custom ``run_epoch``, another ``evaluate``).
@@ -143,6 +158,7 @@ class Trainer:
         self.start_epoch, self.start_step = 0, 0
         self.best_top1 = float("-inf")
         self._resumed_sums = [0.0, 0.0, 0.0]
+        self._excluded_before: tuple[Problem, ...] | None = None
 
     def say(self, line: str) -> None:
         if self._log is not None and self.info.is_main:
@@ -159,15 +175,13 @@ class Trainer:
         self.info = info = init_distributed(config.device)
         dali_placement(str(info.device))  # one vocabulary: the loaders follow the torch device
         recipe = load_recipe(config.pipeline)
-        self.policy = resolve_policy(config.policy, recipe.size)
+        self.policy = resolve_policy(config.policy, recipe.resolution)
         if self.loaders is None:
             from dra_dali.train.data import DaliLoaders
 
-            self.loaders = DaliLoaders(config, self.policy, info, recipe)
-        images = getattr(self.loaders, "train_images", None)   # DALI loaders: guard their files
-        self.files = None if images is None else FileGuard(
-            images, f"the last checkpoint in {config.out} is kept; fix or remove the file(s), then "
-                    "continue with resume")
+            self.loaders = DaliLoaders(config, self.policy, info, recipe,
+                                       excluded_before=self._excluded_before)
+        self.files, self.val_files = self._guard("train_images"), self._guard("val_images")
         torch.manual_seed(config.seed)  # same initial weights on every process
         self.model = create_model(config.model, num_classes=self.loaders.num_classes)
         self.model = self.model.to(info.device)
@@ -189,6 +203,14 @@ class Trainer:
             self.optimizer, self.steps_per_epoch * config.epochs,
             int(round(config.warmup_epochs * self.steps_per_epoch)), config.warmup_start)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+    def _guard(self, files: str) -> FileGuard | None:
+        """The guard of the loaders' ``files`` (``train_images``, ``val_images``; ``None`` for
+        loaders that do not list their files)."""
+        images = getattr(self.loaders, files, None)
+        return None if images is None else FileGuard(
+            images, f"the last checkpoint in {self.config.out} is kept; fix or remove the "
+                    "file(s), then continue with resume")
 
     def _steps(self) -> int:
         try:
@@ -246,19 +268,35 @@ class Trainer:
         iterator = iter(self.loaders.train(epoch))
         last = None
         for step in range(self.start_step, self.steps_per_epoch):
-            batch, weight = self._next(iterator), 1.0
+            batch, weight = self._next(iterator, epoch, step), 1.0
             if batch is None:
                 batch, weight = last, 0.0
             last = batch
             yield step, batch, weight
 
-    def _next(self, iterator: Iterator[Any]) -> Any:
+    def _next(self, iterator: Iterator[Any], epoch: int, step: int) -> Any:
         try:
             return next(iterator, None)
         except RuntimeError as exc:  # a DALI decoder failure names no file: name it
             if self.files is None:
                 raise
-            raise self.files.failure(exc) from None
+            error = self.files.failure(exc, self._keep_position(epoch, step))
+        raise error  # outside the handler: no __context__ keeping the failed pipeline alive
+
+    def _keep_position(self, epoch: int, step: int) -> str | None:
+        """After a decoder failure while fetching ``step``: save the checkpoint of the steps
+        done (DALI's checkpoint counts only the batches returned, not the prefetched, failed
+        ones), so resuming repeats nothing; one process only (the others would wait).
+        Returns what to do next, or ``None`` when the last checkpoint stays the one to use."""
+        if self.info.world > 1 or step == self.start_step:
+            return None
+        try:
+            self.save(epoch, step, self._sums.tolist())
+        except (RuntimeError, ValueError):  # the failed pipeline gave no checkpoint
+            return None
+        return (f"a checkpoint at epoch {epoch + 1}, step {step} of {self.steps_per_epoch} is "
+                f"saved in {self.run.checkpoint_path}; fix or remove the file(s), then continue "
+                "with resume")
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor, weight: float,
               sums: torch.Tensor) -> torch.Tensor:
@@ -284,7 +322,7 @@ class Trainer:
         bar = self._progress_bar(epoch)
         # loss sum, top-1 hits, images (restored mid-epoch), kept on the device
         sums = torch.tensor(self._resumed_sums, dtype=torch.float64, device=self.info.device)
-        self._resumed_sums = [0.0, 0.0, 0.0]
+        self._sums, self._resumed_sums = sums, [0.0, 0.0, 0.0]   # _sums: for _keep_position
         fresh, t0 = 0, time.perf_counter()
         for step, batch, weight in self._batches(epoch):
             images, labels = _to_device(*batch, self.info.device, self.on_cuda)
@@ -331,7 +369,11 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Validation loss, top-1 and top-5 on the whole validation set (all processes)."""
-        return evaluate(self.net, self.loaders.val(), self.info, self.amp_dtype, self.on_cuda,
+        batches = self.loaders.val()
+        if self.val_files is not None:
+            self.val_files.check_epoch_start()
+            batches = _guarded(batches, self.val_files)
+        return evaluate(self.net, batches, self.info, self.amp_dtype, self.on_cuda,
                         self.loaders.num_classes)
 
     # ----- save ---------------------------------------------------------------------------
@@ -386,6 +428,8 @@ class Trainer:
         """Set up, open the run directory, resume if asked, train the remaining epochs."""
         started = time.perf_counter()
         try:
+            if resume:  # the files excluded when the run started stay excluded
+                self._excluded_before = read_excluded(self.config.out)
             self.setup()
             self.run = self._open_run(resume, force, overrides)
             try:
@@ -394,12 +438,23 @@ class Trainer:
                     self.history = self.run.metrics.read()
                 if self.info.is_main and self.policy is not None:
                     self.run.write(RUN_FILES["policy"], self.policy.to_yaml())
+                self._list_excluded()
                 return self._epochs(started)
             finally:
                 self.run.__exit__(None, None, None)
         finally:
             if getattr(self, "info", None) is not None and self.info.initialized_here:
                 torch.distributed.destroy_process_group()
+
+    def _list_excluded(self) -> None:
+        """A fresh run with ``skip_bad_files`` lists the files it left out in the run directory
+        (a resumed run keeps the list it started with)."""
+        excluded = getattr(self.loaders, "excluded", ())
+        if self.info.is_main and self.config.skip_bad_files and self.run.state is None:
+            self.run.write(EXCLUDED_FILE, excluded_text(excluded))
+        if excluded:
+            self.say(f"{len(excluded)} unusable file(s) excluded (skip_bad_files), listed in "
+                     f"{Path(self.config.out) / EXCLUDED_FILE}")
 
     def _open_run(self, resume: bool, force: bool, overrides: Iterable[str]) -> Any:
         """Rank 0 opens the run directory (lock, refuse / resume / force rules, config.yaml);
@@ -410,7 +465,7 @@ class Trainer:
             try:
                 run = RunDir(self.config.out, "train", self.config.to_dict(), resume=resume,
                              force=force, overrides=[*overrides, *(["epochs"] if resume else [])],
-                             ignore=_NO_EFFECT).__enter__()
+                             ignore=_NO_EFFECT, defaults=TrainConfig.defaults()).__enter__()
             except DraDaliError as exc:
                 error = exc
         refused = all_reduce_max([float(error is not None)], self.info.device)[0] > 0

@@ -19,7 +19,8 @@ One step (Algorithm 1, Eq. 3-17):
    ``sum_l c_l P(D_l)`` with the constants ``c_l = eta g_val.(g_0 - g_l) / (Z Z_g)`` and
    ``Z_g = sum_l |g_val.(g_0 - g_l)|`` (Eq. 15), back-propagated through the sigmoid and softmax;
    ``hypergradient: exact``: the exact derivative of ``L_val(theta - eta sum_l w_l(p) g_l)``
-   (``-eta g_val.g_l`` times ``dw_l/dalpha``, ``Z`` differentiated, no ``Z_g``). The unrolled
+   (``eta g_val.(g_0 - g_l)`` times ``dw_l/dalpha``, as ``w_0 = 1 - sum_l w_l``; ``Z``
+   differentiated, no ``Z_g``). The unrolled
    step is linear in the weights and the ``g_l`` do not depend on ``p``, so neither needs second
    derivatives; a test checks both against full autograd.
    Then one Adam step on ``alpha`` (``lr``, ``betas``);
@@ -33,6 +34,20 @@ epoch's policy is ``gate: p_tp`` and ``N_o`` identical layers, always applied, w
 probabilities are ``p_o`` summed over levels and whose magnitudes are categorical over the
 operator's levels with probabilities ``p_o(op, level) / p(op)``.
 
+Cost (``benchmarks/README.md``, search step): the paper's step is ``L^ + 1`` forward/backward
+passes over the training batch plus one over the validation batch, about 5x a plain training
+step at ``L^ = 3`` and equal batches; nothing is computed twice (the model update reuses the
+unrolled step's gradient ``g``, and Eq. 16-17 need only the dot products ``g_val . g_l``, no
+second derivatives or finite differences). ``policy_batches: split`` is an option that
+deviates from Algorithm 1 (which applies every ``phi_l`` to the whole ``D_0``) to cut that
+cost: the batch is cut into ``L^`` groups, ``phi_l`` augments group ``l`` only, and each group
+takes one clean and one augmented forward/backward (two passes over the batch's images in all).
+The objective stays Eq. 12 in expectation over the random grouping, per image:
+``sum_l f_l CE(clean_l) + w_l (CE(aug_l) - CE(clean_l))`` (``f_l`` the group's share of the
+batch), whose derivative pairs each ``g_l`` with the clean gradient of the same images in
+Eq. 9 and 16-17 (with whole batches this is exactly the paper's step). Each ``g_l`` then comes
+from ``B / L^`` images instead of ``B``, so the hypergradient is noisier.
+
 Deviations, where the paper (and its appendix, not in our copy) is silent: the magnitude levels
 default to ``(0.2, 0.4, 0.6, 0.8, 1.0)`` (five RandAugment-style levels: the paper's 16 operators
 with 5 levels for the 13 that have a magnitude give its ``K = 68``, ``L = K^2 = 4624``);
@@ -44,7 +59,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +73,7 @@ from dra_dali.search.ops import apply_op
 __all__ = ["DDASMethod", "Candidate", "candidates"]
 
 PAPER_LEVELS = (0.2, 0.4, 0.6, 0.8, 1.0)
+_CHOICES = {"hypergradient": ("paper", "exact"), "policy_batches": ("full", "split")}
 
 
 @dataclass(frozen=True)
@@ -110,6 +126,9 @@ class DDASMethod(SearchMethod):
             init_gate: initial ``p_tp`` (paper: 0.35).
             lr, betas: Adam on ``alpha_o`` and ``alpha_tp``.
             hypergradient: ``paper`` (Eq. 16-17) or ``exact``.
+            policy_batches: ``full`` (the paper: each sampled policy augments the whole batch,
+                ``L^ + 1`` passes) or ``split`` (policy ``l`` augments the ``l``-th of ``L^``
+                groups of the batch; two passes; a deviation for cost, see the docstring).
             gate_smoothing: ``F_s``, mean-filter size for ``p_tp`` in the exported schedule.
             schedule_epochs: training epochs the schedule is upsampled to (null: search epochs).
         """
@@ -123,6 +142,7 @@ class DDASMethod(SearchMethod):
         lr: float = 0.01
         betas: tuple = (0.5, 0.999)
         hypergradient: str = "paper"
+        policy_batches: str = "full"
         gate_smoothing: int = 3
         schedule_epochs: int | None = None
 
@@ -138,15 +158,14 @@ class DDASMethod(SearchMethod):
             raise bad("init_gate", "must lie strictly between 0 and 1")
         if not options.lr > 0:
             raise bad("lr", "must be > 0")
-        if options.hypergradient not in ("paper", "exact"):
-            raise bad("hypergradient", "must be 'paper' (Eq. 16-17) or 'exact'")
-        all_levels = list(options.levels) + [v for lv in options.op_levels.values() for v in lv]
-        if not options.levels or any(not 0 <= float(v) <= config.scale for v in all_levels):
-            raise bad("levels", f"must be non-empty and lie in [0, scale={config.scale}]")
-        for key in ("op_levels", "fixed_sign"):
-            unknown = [n for n in getattr(options, key) if n not in config.ops]
-            if unknown:
-                raise bad(key, f"names operator(s) {unknown} that are not in ops")
+        for key, why in (("hypergradient", "must be 'paper' (Eq. 16-17) or 'exact'"),
+                         ("policy_batches", "must be 'full' (the paper) or 'split'")):
+            if getattr(options, key) not in _CHOICES[key]:
+                raise bad(key, why)
+        if options.policy_batches == "split" and config.batch_size < options.policies_per_step:
+            raise bad("policy_batches", f"'split' needs batch_size={config.batch_size} >= "
+                      f"policies_per_step={options.policies_per_step}")
+        _check_candidates(options, config, bad)
 
     def __init__(self, config, options, *, num_classes: int, device: torch.device) -> None:
         super().__init__(config, options, num_classes=num_classes, device=device)
@@ -187,30 +206,53 @@ class DDASMethod(SearchMethod):
         picks = torch.randint(0, len(self.candidates),
                               (opts.policies_per_step, opts.ops_per_policy),
                               generator=ctx.generator)
+        params = [p for p in ctx.model.parameters() if p.requires_grad]
+        passes = (self._split_passes if opts.policy_batches == "split" else self._full_passes)(
+            ctx, train, picks, params)
+        weights = self._weights(picks, exact_z=True).detach()[1:]
+        model_grad = passes.combine(passes.clean, passes.augmented, weights)   # Eq. 5, Eq. 12
+        eta = ctx.lr
+        val_ce, g_val = _unrolled_val_grad(ctx, params, model_grad, eta, val)
+        # g_val . (g_0 - g_l) of Eq. 9, each g_l against the clean gradient of the same images.
+        diffs = passes.paired(passes.clean @ g_val) - passes.augmented @ g_val
+        self._policy_step(picks, diffs, eta)
+        _set_grad(params, model_grad)
+        ctx.apply_gradient()
+        model_ce = passes.combine(passes.clean_ce, passes.augmented_ce, weights.cpu())
+        return {"model_ce": float(model_ce), "clean_ce": float(passes.fractions @ passes.clean_ce),
+                "clean_acc": passes.clean_acc, "val_ce": val_ce, "gate": self.gate()}
+
+    def _full_passes(self, ctx: StepContext, train: Batch, picks: torch.Tensor,
+                     params: Sequence[torch.Tensor]) -> _Passes:
+        """The paper's Algorithm 1: every sampled policy applied to the whole batch ``D_0``;
+        one forward/backward for each of ``D_0 .. D_L`` (``L^ + 1`` passes over the batch)."""
         with torch.no_grad():
             batches = [train.images] + [self.augment(train.images, p, ctx.generator)
                                         for p in picks]
             batches = [ctx.cutout(x) for x in batches]
-        params = [p for p in ctx.model.parameters() if p.requires_grad]
-        grads, losses = [], []
-        for x in batches:
-            loss, acc = ctx.train_ce(x, train.labels)
-            grads.append(_flat(torch.autograd.grad(loss, params)))
-            losses.append(float(loss.detach()))
-            if len(losses) == 1:
-                clean_acc = acc
-        grads_t = torch.stack(grads)                      # (L^ + 1, P)
-        weights = self._weights(picks, exact_z=True).detach()
-        model_grad = weights @ grads_t                     # Eq. 5 with Eq. 12's weights
-        eta = ctx.lr
-        val_ce, g_val = _unrolled_val_grad(ctx, params, model_grad, eta, val)
-        dots = grads_t @ g_val                             # g_val . g_l, l = 0..L^
-        self._policy_step(picks, dots, eta)
-        _set_grad(params, model_grad)
-        ctx.apply_gradient()
-        return {"model_ce": float(weights @ torch.tensor(losses, device=weights.device)),
-                "clean_ce": losses[0], "clean_acc": clean_acc, "val_ce": val_ce,
-                "gate": self.gate()}
+        clean, *augmented = [_gradient(ctx, x, train.labels, params) for x in batches]
+        return _Passes.of([clean], augmented, [1.0])
+
+    def _split_passes(self, ctx: StepContext, train: Batch, picks: torch.Tensor,
+                      params: Sequence[torch.Tensor]) -> _Passes:
+        """``policy_batches: split``, a deviation from Algorithm 1 for cost (see the module
+        docstring): the batch is cut into ``L^`` groups and policy ``l`` augments group ``l``
+        only; one forward/backward of each group clean and augmented, i.e. two passes over the
+        batch's images in all instead of ``L^ + 1``."""
+        n = train.images.shape[0]
+        if n < len(picks):
+            raise OptionsError(f"ddas.policy_batches: 'split' needs at least policies_per_step="
+                               f"{len(picks)} images per batch, got a batch of {n}")
+        clean, augmented, fractions = [], [], []
+        for group, pick in zip(torch.arange(n).tensor_split(len(picks)), picks):
+            x, y = train.images[group], train.labels[group]
+            with torch.no_grad():
+                x_aug = ctx.cutout(self.augment(x, pick, ctx.generator))
+                x = ctx.cutout(x)
+            clean.append(_gradient(ctx, x, y, params))
+            augmented.append(_gradient(ctx, x_aug, y, params))
+            fractions.append(len(group) / n)
+        return _Passes.of(clean, augmented, fractions)
 
     def _weights(self, picks: torch.Tensor, exact_z: bool) -> torch.Tensor:
         """``(w_0, w_1 .. w_L)`` of Eq. 12 as a differentiable function of ``alpha``."""
@@ -220,40 +262,37 @@ class DDASMethod(SearchMethod):
         z = p_phi.sum() if exact_z else p_phi.sum().detach()
         return torch.cat([(1 - p_tp).view(1), p_tp * p_phi / z])
 
-    def _policy_step(self, picks: torch.Tensor, dots: torch.Tensor, eta: float) -> None:
+    def _policy_step(self, picks: torch.Tensor, diffs: torch.Tensor, eta: float) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        surrogate = self.surrogate(picks, dots, eta)
+        surrogate = self.surrogate(picks, diffs, eta)
         if surrogate is not None:
             surrogate.backward()
             self.optimizer.step()
 
-    def surrogate(self, picks: torch.Tensor, dots: torch.Tensor,
+    def surrogate(self, picks: torch.Tensor, diffs: torch.Tensor,
                   eta: float) -> torch.Tensor | None:
         """A scalar whose gradient with respect to ``alpha`` is the hypergradient.
 
         Args:
             picks: ``(L^, N_o)`` candidate indices of the sampled policies.
-            dots: ``(L^ + 1,)`` products ``g_val . g_l`` (``l = 0``: the clean batch).
+            diffs: ``(L^,)`` products ``g_val . (g_0 - g_l)`` (Eq. 9 without ``eta``; ``g_0``
+                the clean gradient of the images policy ``l`` augmented).
             eta: the unrolled step's learning rate.
 
         Returns:
             The surrogate, or ``None`` when every ``g_val . (g_0 - g_l)`` is 0 (paper mode: no
             direction to normalise, the step is skipped).
         """
-        dots = dots.detach()
+        diffs = diffs.detach()
         if self.options.hypergradient == "exact":
-            # d L_val / d alpha = sum_l (dL_val/dtheta') (dtheta'/dw_l) (dw_l/dalpha)
-            #                   = sum_l (-eta g_val . g_l) dw_l/dalpha, Z differentiated.
-            return (-eta * dots) @ self._weights(picks, exact_z=True)
-        diffs = dots[0] - dots[1:]                         # g_val . (g_0 - g_l)
+            # theta' = theta - eta (g_0 + sum_l w_l (g_l - g_0)), so
+            # d L_val / d alpha = sum_l eta g_val . (g_0 - g_l) dw_l/dalpha, Z differentiated.
+            return (eta * diffs) @ self._weights(picks, exact_z=True)[1:]
         z_g = diffs.abs().sum()                            # Eq. 15
         if not z_g > 0:
             return None
-        p_o = torch.softmax(self.alpha_o, 0)
-        p_phi = p_o[picks.to(p_o.device)].prod(dim=1)
-        z = p_phi.sum().detach()
         # Eq. 16-17: constants eta g_val.(g_0 - g_l) / (Z Z_g) times P(D_l) = p_tp P(phi_l).
-        return (eta * diffs / (z * z_g)) @ (torch.sigmoid(self.alpha_tp) * p_phi)
+        return (eta * diffs / z_g) @ self._weights(picks, exact_z=False)[1:]
 
     # ----- state, records, export -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -280,6 +319,64 @@ class DDASMethod(SearchMethod):
 
         return [plot_ddas(history, [c.label for c in self.candidates],
                           out_dir / "trajectories.png")]
+
+
+def _check_candidates(options: Any, config, bad: Callable[[str, str], Exception]) -> None:
+    """Refuse levels outside ``[0, scale]`` and operator names that are not in ``ops``."""
+    all_levels = list(options.levels) + [v for lv in options.op_levels.values() for v in lv]
+    if not options.levels or any(not 0 <= float(v) <= config.scale for v in all_levels):
+        raise bad("levels", f"must be non-empty and lie in [0, scale={config.scale}]")
+    for key in ("op_levels", "fixed_sign"):
+        unknown = [n for n in getattr(options, key) if n not in config.ops]
+        if unknown:
+            raise bad(key, f"names operator(s) {unknown} that are not in ops")
+
+
+@dataclass
+class _Passes:
+    """The training passes of one step, ``C`` clean and ``L^`` augmented.
+
+    ``clean`` ``(C, P)``: flattened clean gradients, ``C = 1`` (the whole batch, paired with
+    every policy) or ``C = L^`` (``split``: group ``l``, paired with policy ``l``), weighted by
+    ``fractions`` (the groups' shares of the batch); ``augmented`` ``(L^, P)``: ``g_1 .. g_L``;
+    ``clean_ce``/``augmented_ce`` their cross-entropies; ``clean_acc`` the clean accuracy.
+    """
+
+    clean: torch.Tensor
+    augmented: torch.Tensor
+    fractions: torch.Tensor
+    clean_ce: torch.Tensor
+    augmented_ce: torch.Tensor
+    clean_acc: float
+
+    @classmethod
+    def of(cls, clean: Sequence[tuple], augmented: Sequence[tuple],
+           fractions: Sequence[float]) -> _Passes:
+        """From ``(gradient, loss, accuracy)`` triples (see :func:`_gradient`)."""
+        frac = torch.tensor(fractions)
+        return cls(torch.stack([c[0] for c in clean]), torch.stack([a[0] for a in augmented]),
+                   frac, torch.tensor([c[1] for c in clean]),
+                   torch.tensor([a[1] for a in augmented]),
+                   float(frac @ torch.tensor([c[2] for c in clean])))
+
+    def paired(self, clean: torch.Tensor) -> torch.Tensor:
+        """Per-clean-pass values (``(C, ...)``) repeated to one row per policy."""
+        return clean.expand(len(self.augmented), *clean.shape[1:]) if len(clean) == 1 else clean
+
+    def combine(self, clean: torch.Tensor, augmented: torch.Tensor,
+                weights: torch.Tensor) -> torch.Tensor:
+        """``sum_c f_c clean_c + sum_l w_l (augmented_l - clean_(l))``: Eq. 12's expectation
+        (``w_0 = 1 - sum_l w_l`` on the clean batch), each image clean or under one policy."""
+        frac = self.fractions.to(clean.device)
+        return frac @ clean + weights @ (augmented - self.paired(clean))
+
+
+def _gradient(ctx: StepContext, images: torch.Tensor, labels: torch.Tensor,
+              params: Sequence[torch.Tensor]) -> tuple[torch.Tensor, float, float]:
+    """One forward/backward: the flattened gradient of the cross-entropy, its value and the
+    accuracy."""
+    loss, acc = ctx.train_ce(images, labels)
+    return _flat(torch.autograd.grad(loss, params)), float(loss.detach()), acc
 
 
 def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
