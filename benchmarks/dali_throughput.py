@@ -206,7 +206,15 @@ class TrainStep:
             torch.cuda.synchronize()
 
 
-def time_dali(pipe, batches: int, warmup: int = 2, step=None) -> tuple[float, float]:
+# Batches a source holds ready before the clock starts: DALI's default prefetch queue (2) and a
+# DataLoader's workers x prefetch_factor (2 x 2). Timing starts after draining them (on top of
+# 2 warm-up batches), so no row is timed on batches made while another row was being timed.
+_DALI_QUEUE = 2
+_PIL_PREFETCH = 2
+
+
+def time_dali(pipe, batches: int, warmup: int = 2 + _DALI_QUEUE,
+              step=None) -> tuple[float, float]:
     """(images per wall-clock second, CPU milliseconds per image) over ``batches`` runs, each
     followed by ``step(outputs)`` when given.
 
@@ -294,9 +302,10 @@ def time_pil(files: list[str], batch_size: int, workers: int,
     import torch
 
     loader = torch.utils.data.DataLoader(PilRandAugment(files, 10**6), batch_size=batch_size,
-                                         num_workers=workers, shuffle=True, prefetch_factor=2)
+                                         num_workers=workers, shuffle=True,
+                                         prefetch_factor=_PIL_PREFETCH)
     it = iter(loader)
-    for _ in range(2):
+    for _ in range(2 + workers * _PIL_PREFETCH):
         next(it)
     pids = [w.pid for w in it._workers]
     start, cpu = time.perf_counter(), time.process_time() + _cpu_seconds(pids)

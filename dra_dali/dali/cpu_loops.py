@@ -14,69 +14,65 @@ from numba import carray, cfunc, njit
 from numba import types as nb_types
 from nvidia.dali.plugin.numba import address_as_void_pointer as _pointer
 
-
 # ----- per-pixel helpers (numba) --------------------------------------------------------------
+# The loops run over the flat C-ordered pixels (RGB triplets) with branch-free clipping, which
+# LLVM vectorises: about 50x faster than indexing [y, x, c] with branches.
+_ZERO = np.float32(0.0)
+_MAX = np.float32(255.0)
+
+
 @njit(cache=True)
 def _truncate(value):
     """PIL's blend output: clip to [0, 255], then truncate (float32 in, uint8 out)."""
-    if value <= 0:
-        return np.uint8(0)
-    if value >= 255:
-        return np.uint8(255)
-    return np.uint8(value)
+    return np.uint8(min(max(value, _ZERO), _MAX))
 
 
 @njit(cache=True)
-def _grey(image, y, x):
-    """PIL's RGB -> L: (R * 19595 + G * 38470 + B * 7471 + 2**15) >> 16."""
-    return (np.int32(image[y, x, 0]) * 19595 + np.int32(image[y, x, 1]) * 38470
-            + np.int32(image[y, x, 2]) * 7471 + 32768) >> 16
+def _grey(flat, p):
+    """PIL's RGB -> L of the pixel at flat index ``p``: (R * 19595 + G * 38470 + B * 7471 +
+    2**15) >> 16."""
+    return (np.int32(flat[p]) * 19595 + np.int32(flat[p + 1]) * 38470
+            + np.int32(flat[p + 2]) * 7471 + 32768) >> 16
 
 
 @njit(cache=True)
 def _blend_constant(out, image, centre, factor):
     """``Image.blend(constant grey image, image, factor)``."""
-    for y in range(image.shape[0]):
-        for x in range(image.shape[1]):
-            for c in range(image.shape[2]):
-                out[y, x, c] = _truncate(centre + factor * (np.float32(image[y, x, c]) - centre))
+    o, im = out.reshape(-1), image.reshape(-1)
+    for i in range(im.size):
+        o[i] = _truncate(centre + factor * (np.float32(im[i]) - centre))
 
 
 @njit(cache=True)
 def _color(out, image, factor):
-    for y in range(image.shape[0]):
-        for x in range(image.shape[1]):
-            grey = np.float32(_grey(image, y, x))
-            for c in range(image.shape[2]):
-                out[y, x, c] = _truncate(grey + factor * (np.float32(image[y, x, c]) - grey))
+    o, im = out.reshape(-1), image.reshape(-1)
+    for p in range(0, im.size, 3):
+        grey = np.float32(_grey(im, p))
+        for k in range(3):
+            o[p + k] = _truncate(grey + factor * (np.float32(im[p + k]) - grey))
 
 
 @njit(cache=True)
 def _contrast(out, image, factor):
     """Blend with the image's mean grey level, ``int(mean + 0.5)`` as PIL's ImageStat."""
+    im = image.reshape(-1)
     total = 0
-    for y in range(image.shape[0]):
-        for x in range(image.shape[1]):
-            total += _grey(image, y, x)
+    for p in range(0, im.size, 3):
+        total += _grey(im, p)
     mean = math.floor(total / (image.shape[0] * image.shape[1]) + 0.5)
     _blend_constant(out, image, np.float32(mean), factor)
 
 
 # PIL's SMOOTH kernel: weights / 13 as float32, summed in float32 row by row (Filter.c), then
-# truncated like the blend.
+# rounded to uint8.
 _EDGE = np.float32(1.0 / 13.0)
 _CENTRE = np.float32(5.0 / 13.0)
 
 
 @njit(cache=True)
-def _smooth(image, y, x, c):
-    total = np.float32(0.0)
-    for dy in (1, 0, -1):
-        row = (np.float32(image[y + dy, x - 1, c]) * _EDGE
-               + np.float32(image[y + dy, x, c]) * (_CENTRE if dy == 0 else _EDGE)
-               + np.float32(image[y + dy, x + 1, c]) * _EDGE)
-        total += row
-    return total
+def _row3(flat, i, weight):
+    return (np.float32(flat[i - 3]) * _EDGE + np.float32(flat[i]) * weight
+            + np.float32(flat[i + 3]) * _EDGE)
 
 
 @njit(cache=True)
@@ -84,21 +80,26 @@ def _sharpness(out, image, factor):
     """Blend with the SMOOTH-filtered image; the 1-pixel border keeps its values (PIL's
     filter copies it, so the blend leaves it unchanged)."""
     h, w = image.shape[0], image.shape[1]
-    out[:] = image
+    o, im = out.reshape(-1), image.reshape(-1)
+    o[:] = im
+    stride = 3 * w
     for y in range(1, h - 1):
-        for x in range(1, w - 1):
-            for c in range(image.shape[2]):
-                smooth = np.float32(_truncate(_smooth(image, y, x, c) + np.float32(0.5)))
-                out[y, x, c] = _truncate(smooth + factor * (np.float32(image[y, x, c]) - smooth))
+        for i in range(y * stride + 3, (y + 1) * stride - 3):
+            total = _ZERO + _row3(im, i + stride, _EDGE)
+            total += _row3(im, i, _CENTRE)
+            total += _row3(im, i - stride, _EDGE)
+            smooth = np.float32(_truncate(total + np.float32(0.5)))
+            o[i] = _truncate(smooth + factor * (np.float32(im[i]) - smooth))
 
 
 @njit(cache=True)
 def _apply_tables(out, image, tables):
-    """``out[..., c] = tables[c][image[..., c]]``."""
-    for y in range(image.shape[0]):
-        for x in range(image.shape[1]):
-            for c in range(image.shape[2]):
-                out[y, x, c] = tables[c, image[y, x, c]]
+    """``out[..., c] = tables[c][image[..., c]]`` (3 channels)."""
+    o, im = out.reshape(-1), image.reshape(-1)
+    for p in range(0, im.size, 3):
+        o[p] = tables[0, im[p]]
+        o[p + 1] = tables[1, im[p + 1]]
+        o[p + 2] = tables[2, im[p + 2]]
 
 
 @njit(cache=True)
@@ -151,29 +152,48 @@ def _tap(image, y, x, c, fill):
 
 @njit(cache=True)
 def _round8(value):
+    """Round half up and clip to uint8 (float64 in)."""
     return np.uint8(min(max(math.floor(value + 0.5), 0.0), 255.0))
 
 
 @njit(cache=True)
-def _bilinear_at(out, image, y, x, sx, sy, fill):
-    """Output pixel (y, x) from the input point (sx, sy) (pixel centres at integers): the
-    four neighbours, those outside the image taken as ``fill``."""
-    x0, y0 = math.floor(sx), math.floor(sy)
-    dx, dy = sx - x0, sy - y0
-    ix, iy = int(x0), int(y0)
-    inside = 0 <= ix and ix + 1 < image.shape[1] and 0 <= iy and iy + 1 < image.shape[0]
-    for ch in range(out.shape[2]):
-        if inside:
-            top = np.float64(image[iy, ix, ch])
-            top += (np.float64(image[iy, ix + 1, ch]) - top) * dx
-            bottom = np.float64(image[iy + 1, ix, ch])
-            bottom += (np.float64(image[iy + 1, ix + 1, ch]) - bottom) * dx
-        else:
-            top = _tap(image, iy, ix, ch, fill)
-            top += (_tap(image, iy, ix + 1, ch, fill) - top) * dx
-            bottom = _tap(image, iy + 1, ix, ch, fill)
-            bottom += (_tap(image, iy + 1, ix + 1, ch, fill) - bottom) * dx
+def _bilinear_edge(out, image, y, x, ix, iy, dx, dy, fill):
+    """Output pixel (y, x) from the neighbours of (ix, iy) when some lie outside the image
+    (taken as ``fill``)."""
+    for ch in range(3):
+        top = _tap(image, iy, ix, ch, fill)
+        top += (_tap(image, iy, ix + 1, ch, fill) - top) * dx
+        bottom = _tap(image, iy + 1, ix, ch, fill)
+        bottom += (_tap(image, iy + 1, ix + 1, ch, fill) - bottom) * dx
         out[y, x, ch] = _round8(top + (bottom - top) * dy)
+
+
+@njit(cache=True)
+def _bilinear_rows(out, image, a, b, c, d, e, f, fill):
+    """Every output pixel from its input point ``(a, b, c; d, e, f) . (x + 0.5, y + 0.5, 1)``
+    (pixel centres at +0.5), bilinear over the four neighbours; flat indexing inside."""
+    h, w = image.shape[0], image.shape[1]
+    o, im = out.reshape(-1), image.reshape(-1)
+    stride = 3 * w
+    for y in range(out.shape[0]):
+        for x in range(out.shape[1]):
+            sx = a * (x + 0.5) + b * (y + 0.5) + c - 0.5
+            sy = d * (x + 0.5) + e * (y + 0.5) + f - 0.5
+            x0, y0 = math.floor(sx), math.floor(sy)
+            dx, dy = sx - x0, sy - y0
+            ix, iy = int(x0), int(y0)
+            if not (0 <= ix and ix + 1 < w and 0 <= iy and iy + 1 < h):
+                _bilinear_edge(out, image, y, x, ix, iy, dx, dy, fill)
+                continue
+            q, p = (y * out.shape[1] + x) * 3, iy * stride + ix * 3
+            for k in range(3):
+                top = np.float64(im[p + k])
+                top += (np.float64(im[p + 3 + k]) - top) * dx
+                bottom = np.float64(im[p + stride + k])
+                bottom += (np.float64(im[p + stride + 3 + k]) - bottom) * dx
+                # a convex combination of levels: in [0, 255], so truncating value + 0.5 is
+                # _round8 without the clip (15 % faster)
+                o[q + k] = np.uint8(top + (bottom - top) * dy + 0.5)
 
 
 @njit(cache=True)
@@ -199,11 +219,7 @@ def _warp_run(out, image, params):
     if a == 1 and b == 0 and d == 0 and e == 1 and c == math.floor(c) and f == math.floor(f):
         _shift(out, image, int(c), int(f), fill)
         return
-    for y in range(out.shape[0]):
-        for x in range(out.shape[1]):
-            sx = a * (x + 0.5) + b * (y + 0.5) + c - 0.5     # pixel centres at +0.5
-            sy = d * (x + 0.5) + e * (y + 0.5) + f - 0.5
-            _bilinear_at(out, image, y, x, sx, sy, fill)
+    _bilinear_rows(out, image, a, b, c, d, e, f, fill)
 
 
 @njit(cache=True)
