@@ -68,3 +68,13 @@ def test_ddas_ranks_invert_first_and_the_control_does_not(sanity, embedded, tmp_
     ranks = {(r["run"], r["seed"]): r["rank"] for r in rows}
     assert ranks[("Invert", 0)] == 1 and ranks[("Invert", 1)] == 1, rows
     assert ranks[("none", 0)] > 1 and ranks[("none", 1)] > 1, rows
+
+
+@pytest.mark.slow
+def test_ddas_ranks_rotate90_first_on_digits_and_the_control_does_not(sanity, tmp_path):
+    """The geometric row of the protocol at the README's setting (digits, 20 epochs), seed 0."""
+    rows = sanity.main(["--out", str(tmp_path), "--data", "digits", "--methods", "ddas",
+                        "--transforms", "Rotate90", "--seeds", "1", "--epochs", "20",
+                        "--jobs", "1"])
+    ranks = {r["run"]: r["rank"] for r in rows}
+    assert ranks == {"Rotate90": 1, "none": ranks["none"]} and ranks["none"] > 1, rows

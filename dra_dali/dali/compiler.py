@@ -32,6 +32,7 @@ from nvidia.dali.data_node import DataNode
 
 from dra_dali.dali import cpu_kernels as fused_cpu
 from dra_dali.dali.draws import NEGLIGIBLE_PROBABILITY, LayerDraws, policy_draws
+from dra_dali.dali.node_meta import check_images
 from dra_dali.dali.operators import (
     CPU_KERNELS,
     INTERPOLATIONS,
@@ -293,7 +294,8 @@ def _apply_layer(images, pending: list, policy: Policy, j: int, layer: LayerDraw
 
 
 def augment(images: DataNode, policy: "Policy | str | Path", trace: bool = False,
-            seed: int | None = None, interpolation: str = "linear", cpu_kernels: str = "fused"):
+            seed: int | None = None, interpolation: str = "linear", cpu_kernels: str = "fused",
+            resolution: int | None = None):
     """Apply ``policy`` to a batch of uint8 HWC images inside a DALI pipeline definition.
 
     Call it inside your own ``@pipeline_def(enable_conditionals=True)``; the images may live on
@@ -304,8 +306,7 @@ def augment(images: DataNode, policy: "Policy | str | Path", trace: bool = False
     Args:
         images: uint8 HWC DataNode (``cpu`` or ``gpu``), e.g. the output of a decoder or crop.
         policy: the :class:`~dra_dali.Policy` to apply, a policy file, or a preset name
-            (``"rand-m9-mstd0.5"``, ``"dra-imagenet-resnet-50"``; made at the preset's own
-            resolution: use ``Policy.preset(name, resolution=...)`` for another image size).
+            (``"rand-m9-mstd0.5"``, ``"dra-imagenet-resnet-50"``).
         trace: also return an :class:`AugmentTrace` with the draws per image and layer.
         seed: optional seed for the random operators (default: derived from the pipeline seed).
         interpolation: ``"linear"`` (bilinear, as DALI's rand_augment and the torch search
@@ -314,6 +315,10 @@ def augment(images: DataNode, policy: "Policy | str | Path", trace: bool = False
         cpu_kernels: for CPU images, ``"fused"`` (default: the bilinear warp and the colour
             family as compiled loops, :mod:`dra_dali.dali.cpu_kernels`, same parity, several
             times cheaper) or ``"dali"`` (DALI's operators only: the graph GPU images get).
+        resolution: the side of the images in pixels: the policy (object, file or preset) is
+            adapted to it (``Policy.with_resolution``: the translate range follows it). A DALI
+            graph does not know its images' size when it is defined, so without it the policy
+            keeps its own ``resolution`` (a preset's: 224 for RandAugment/TA/timm strings).
 
     Returns:
         The augmented images (same device, uint8 HWC), or ``(images, AugmentTrace)`` when
@@ -321,7 +326,15 @@ def augment(images: DataNode, policy: "Policy | str | Path", trace: bool = False
 
     Raises:
         TypeError: if ``images`` is not a DataNode or ``policy`` not a Policy.
+        ImageInputError: (a ``DraDaliError``) the graph says the images are not uint8 HWC
+            (checked here, when the graph is defined, from what DALI's operator schemas infer;
+            see :mod:`dra_dali.dali.node_meta`); the message names what it found.
         ValueError: for an unknown interpolation or ``cpu_kernels``.
+        PolicyError: ``resolution`` is not a positive integer.
+
+    Warns:
+        UserWarning: the graph cannot tell the images' dtype (an external source declared
+            without it), so the check cannot run.
 
     Example:
         >>> # inside @pipeline_def(enable_conditionals=True, ...):
@@ -330,7 +343,10 @@ def augment(images: DataNode, policy: "Policy | str | Path", trace: bool = False
     if not isinstance(images, DataNode):
         raise TypeError(f"augment: images must be a DALI DataNode (uint8 HWC), got "
                         f"{type(images).__name__}; call augment inside a @pipeline_def")
+    check_images(images, "augment")
     policy = _as_policy(policy)
+    if resolution is not None:
+        policy = policy.with_resolution(resolution)
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"augment: interpolation must be one of {sorted(INTERPOLATIONS)}, got "
                          f"{interpolation!r}")

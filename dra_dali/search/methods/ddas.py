@@ -209,17 +209,17 @@ class DDASMethod(SearchMethod):
         params = [p for p in ctx.model.parameters() if p.requires_grad]
         passes = (self._split_passes if opts.policy_batches == "split" else self._full_passes)(
             ctx, train, picks, params)
-        weights = self._weights(picks, exact_z=True).detach()[1:]
-        model_grad = passes.combine(passes.clean, passes.augmented, weights)   # Eq. 5, Eq. 12
+        weights = self._row_weights(picks, passes.fractions, exact_z=True).detach()
+        model_grad = weights @ passes.grads                # Eq. 5 with Eq. 12's weights
         eta = ctx.lr
         val_ce, g_val = _unrolled_val_grad(ctx, params, model_grad, eta, val)
-        # g_val . (g_0 - g_l) of Eq. 9, each g_l against the clean gradient of the same images.
-        diffs = passes.paired(passes.clean @ g_val) - passes.augmented @ g_val
-        self._policy_step(picks, diffs, eta)
+        dots = passes.grads @ g_val                        # g_val . g_r for every row r
+        self._policy_step(picks, dots, eta)
         _set_grad(params, model_grad)
         ctx.apply_gradient()
-        model_ce = passes.combine(passes.clean_ce, passes.augmented_ce, weights.cpu())
-        return {"model_ce": float(model_ce), "clean_ce": float(passes.fractions @ passes.clean_ce),
+        n_clean = len(passes.fractions)
+        return {"model_ce": float(weights @ passes.losses.to(weights.device)),
+                "clean_ce": float(passes.fractions @ passes.losses[:n_clean]),
                 "clean_acc": passes.clean_acc, "val_ce": val_ce, "gate": self.gate()}
 
     def _full_passes(self, ctx: StepContext, train: Batch, picks: torch.Tensor,
@@ -262,37 +262,57 @@ class DDASMethod(SearchMethod):
         z = p_phi.sum() if exact_z else p_phi.sum().detach()
         return torch.cat([(1 - p_tp).view(1), p_tp * p_phi / z])
 
-    def _policy_step(self, picks: torch.Tensor, diffs: torch.Tensor, eta: float) -> None:
+    def _row_weights(self, picks: torch.Tensor, fractions: torch.Tensor,
+                     exact_z: bool) -> torch.Tensor:
+        """The weight of every gradient row (clean rows, then ``g_1 .. g_L``): with one clean
+        row (the whole batch) Eq. 12's ``(w_0, w_1 .. w_L)``; with one clean row per group
+        (``split``) ``f_l - w_l`` for group ``l``'s clean row (``f_l`` its share of the batch):
+        an image of group ``l`` is augmented by ``phi_l`` with weight ``w_l``, else clean."""
+        weights = self._weights(picks, exact_z)
+        if len(fractions) == 1:
+            return weights
+        return torch.cat([fractions.to(weights.device) - weights[1:], weights[1:]])
+
+    def _policy_step(self, picks: torch.Tensor, dots: torch.Tensor, eta: float) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        surrogate = self.surrogate(picks, diffs, eta)
+        surrogate = self.surrogate(picks, dots, eta)
         if surrogate is not None:
             surrogate.backward()
             self.optimizer.step()
 
-    def surrogate(self, picks: torch.Tensor, diffs: torch.Tensor,
+    def surrogate(self, picks: torch.Tensor, dots: torch.Tensor,
                   eta: float) -> torch.Tensor | None:
         """A scalar whose gradient with respect to ``alpha`` is the hypergradient.
 
         Args:
             picks: ``(L^, N_o)`` candidate indices of the sampled policies.
-            diffs: ``(L^,)`` products ``g_val . (g_0 - g_l)`` (Eq. 9 without ``eta``; ``g_0``
-                the clean gradient of the images policy ``l`` augmented).
+            dots: products ``g_val . g_r`` for every gradient row: ``(L^ + 1,)`` (the clean
+                batch ``g_0``, then ``g_1 .. g_L``) or, with ``policy_batches: split``,
+                ``(2 L^,)`` (the clean group gradients, then ``g_1 .. g_L``; group ``l`` is the
+                one ``phi_l`` augmented).
             eta: the unrolled step's learning rate.
 
         Returns:
             The surrogate, or ``None`` when every ``g_val . (g_0 - g_l)`` is 0 (paper mode: no
             direction to normalise, the step is skipped).
         """
-        diffs = diffs.detach()
+        dots = dots.detach()
+        n_clean = len(dots) - len(picks)
         if self.options.hypergradient == "exact":
-            # theta' = theta - eta (g_0 + sum_l w_l (g_l - g_0)), so
-            # d L_val / d alpha = sum_l eta g_val . (g_0 - g_l) dw_l/dalpha, Z differentiated.
-            return (eta * diffs) @ self._weights(picks, exact_z=True)[1:]
+            # d L_val / d alpha = sum_r (dL_val/dtheta') (dtheta'/dweight_r) (dweight_r/dalpha)
+            #                   = sum_r (-eta g_val . g_r) dweight_r/dalpha, Z differentiated.
+            fractions = torch.zeros(n_clean)  # constants: no gradient either way
+            return (-eta * dots) @ self._row_weights(picks, fractions, exact_z=True)
+        # g_val . (g_0 - g_l), each g_l against the clean gradient of the images it augmented.
+        diffs = dots[:n_clean] - dots[n_clean:]
         z_g = diffs.abs().sum()                            # Eq. 15
         if not z_g > 0:
             return None
+        p_o = torch.softmax(self.alpha_o, 0)
+        p_phi = p_o[picks.to(p_o.device)].prod(dim=1)
+        z = p_phi.sum().detach()
         # Eq. 16-17: constants eta g_val.(g_0 - g_l) / (Z Z_g) times P(D_l) = p_tp P(phi_l).
-        return (eta * diffs / z_g) @ self._weights(picks, exact_z=False)[1:]
+        return (eta * diffs / (z * z_g)) @ (torch.sigmoid(self.alpha_tp) * p_phi)
 
     # ----- state, records, export -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -334,41 +354,24 @@ def _check_candidates(options: Any, config, bad: Callable[[str, str], Exception]
 
 @dataclass
 class _Passes:
-    """The training passes of one step, ``C`` clean and ``L^`` augmented.
+    """The training passes of one step: ``grads`` ``(C + L^, P)``, the flattened gradients of
+    ``C`` clean passes (``C = 1``: the whole batch; ``C = L^``: one per group, ``split``) and of
+    the ``L^`` augmented ones; ``losses`` their cross-entropies; ``fractions`` ``(C,)`` the clean
+    passes' shares of the batch; ``clean_acc`` the clean accuracy."""
 
-    ``clean`` ``(C, P)``: flattened clean gradients, ``C = 1`` (the whole batch, paired with
-    every policy) or ``C = L^`` (``split``: group ``l``, paired with policy ``l``), weighted by
-    ``fractions`` (the groups' shares of the batch); ``augmented`` ``(L^, P)``: ``g_1 .. g_L``;
-    ``clean_ce``/``augmented_ce`` their cross-entropies; ``clean_acc`` the clean accuracy.
-    """
-
-    clean: torch.Tensor
-    augmented: torch.Tensor
+    grads: torch.Tensor
+    losses: torch.Tensor
     fractions: torch.Tensor
-    clean_ce: torch.Tensor
-    augmented_ce: torch.Tensor
     clean_acc: float
 
     @classmethod
     def of(cls, clean: Sequence[tuple], augmented: Sequence[tuple],
            fractions: Sequence[float]) -> _Passes:
         """From ``(gradient, loss, accuracy)`` triples (see :func:`_gradient`)."""
+        rows = [*clean, *augmented]
         frac = torch.tensor(fractions)
-        return cls(torch.stack([c[0] for c in clean]), torch.stack([a[0] for a in augmented]),
-                   frac, torch.tensor([c[1] for c in clean]),
-                   torch.tensor([a[1] for a in augmented]),
-                   float(frac @ torch.tensor([c[2] for c in clean])))
-
-    def paired(self, clean: torch.Tensor) -> torch.Tensor:
-        """Per-clean-pass values (``(C, ...)``) repeated to one row per policy."""
-        return clean.expand(len(self.augmented), *clean.shape[1:]) if len(clean) == 1 else clean
-
-    def combine(self, clean: torch.Tensor, augmented: torch.Tensor,
-                weights: torch.Tensor) -> torch.Tensor:
-        """``sum_c f_c clean_c + sum_l w_l (augmented_l - clean_(l))``: Eq. 12's expectation
-        (``w_0 = 1 - sum_l w_l`` on the clean batch), each image clean or under one policy."""
-        frac = self.fractions.to(clean.device)
-        return frac @ clean + weights @ (augmented - self.paired(clean))
+        return cls(torch.stack([r[0] for r in rows]), torch.tensor([r[1] for r in rows]), frac,
+                   sum(f * c[2] for f, c in zip(fractions, clean)))
 
 
 def _gradient(ctx: StepContext, images: torch.Tensor, labels: torch.Tensor,
