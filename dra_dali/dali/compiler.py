@@ -248,12 +248,22 @@ def _fused_parameters(kernels, families, layer: LayerDraws, v, matrix, fill: int
     return fused_cpu.parameters(kind, v, matrix, fill, centre)
 
 
-def _apply_layer(images, policy: Policy, j: int, layer: LayerDraws, interpolation: str,
-                 cpu_kernel_set: str):
+def _flush(images, pending: list):
+    """Run the fused kernel's pending layers (their parameter blocks, in order) on ``images``."""
+    if not pending:
+        return images
+    params = pending[0] if len(pending) == 1 else fn.cat(*pending, axis=0)
+    pending.clear()
+    return fused_cpu.fused(images, params)
+
+
+def _apply_layer(images, pending: list, policy: Policy, j: int, layer: LayerDraws,
+                 interpolation: str, cpu_kernel_set: str):
     """The conditional part of a layer: only applied samples whose operator is not a
     passthrough reach the branches; the parameters, the affine matrix and the fused kernel's
     parameters are computed before the split, once for all branches. A layer whose operators
-    all run in the fused CPU kernel has no branches: one kernel, each image with its kind."""
+    all run in the fused CPU kernel has no branches: its parameter block joins ``pending``, and
+    consecutive such layers run as one kernel call (each image with its kind per layer)."""
     table = dali_kernels()
     kernels = [table[name] for name in layer.names]
     fused = fused_on(images, cpu_kernel_set)
@@ -267,8 +277,9 @@ def _apply_layer(images, policy: Policy, j: int, layer: LayerDraws, interpolatio
     matrix = _affine_matrix(kernels, branch, v, images) if any(k.affine for k in kernels) else None
     go = layer.applied if layer.coin == "random" else None
     if [leaf.family for leaf in leaves] == ["fused"]:
-        return fused_cpu.fused(images, _fused_parameters(kernels, families, layer, v, matrix,
-                                                           policy.fill, go))
+        pending.append(_fused_parameters(kernels, families, layer, v, matrix, policy.fill, go))
+        return images
+    images = _flush(images, pending)
     params = (_fused_parameters(kernels, families, layer, v, matrix, policy.fill, None)
               if "fused" in families else None)
     b = _Branches(leaves, v, matrix, params, fixed is not None, policy.fill, interpolation)
@@ -343,8 +354,10 @@ def augment(images: DataNode, policy: "Policy | str | Path", trace: bool = False
         raise ValueError(f"augment: cpu_kernels must be one of {list(CPU_KERNELS)}, got "
                          f"{cpu_kernels!r}")
     drawn = policy_draws(policy, seed)
+    pending: list = []
     for j, layer in enumerate(drawn.layers):
-        images = _apply_layer(images, policy, j, layer, interpolation, cpu_kernels)
+        images = _apply_layer(images, pending, policy, j, layer, interpolation, cpu_kernels)
+    images = _flush(images, pending)
     if not trace:
         return images
     stacked = [fn.stack(*[getattr(layer, f) for layer in drawn.layers])
