@@ -352,18 +352,22 @@ def _default_recipe(data: str | None) -> str:
 @click.option("--seed", default=0, type=int, help="Pipeline seed (shuffle and augmentation).")
 def compile_command(policy: str, out: Path, device: str, data: str | None, recipe: str | None,
                     batch_size: int | None, seed: int) -> None:
-    """Compile POLICY (a policy file or a preset name, made for the recipe's image size) into a
+    """Compile POLICY (a policy file or a preset name, adapted to the recipe's image size) into a
     DALI training pipeline: writes the serialised pipeline, a graph summary and a preview grid
     rendered by the pipeline."""
     from dra_dali.dali.export import compile_policy
     from dra_dali.dali.loader import dali_placement
-    from dra_dali.dali.pipelines import load_recipe, resolve_policy
+    from dra_dali.dali.pipelines import adapt_policy, load_recipe, resolve_policy
     from dra_dali.devices import resolve_device
 
     dali_device, _ = dali_placement(resolve_device(device))
     recipe = recipe or _default_recipe(data)
     if Path(policy).exists() or Path(policy).suffix in (".yaml", ".yml"):
-        loaded = _load_policy(Path(policy))
+        pipeline = load_recipe(recipe)
+        loaded, note = adapt_policy(_load_policy(Path(policy)), pipeline.resolution,
+                                   pipeline.name)
+        if note:
+            click.echo(f"Note: {note}", err=True)
     else:
         try:
             loaded = resolve_policy(policy, load_recipe(recipe).resolution)

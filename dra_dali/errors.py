@@ -16,3 +16,9 @@ __all__ = ["DraDaliError"]
 class DraDaliError(ValueError):
     """Base of all dra-dali errors; the message names the culprit and, where there is one, the
     fix."""
+
+    # Raised inside a DALI pipeline definition with conditionals (``augment``), an error passes
+    # through DALI's AutoGraph, which re-creates only exceptions whose ``__init__`` is
+    # ``Exception.__init__`` (or a few built-ins) and turns any other into a ``StagingError``.
+    # This keeps the type (the message gains AutoGraph's "in user code" trace before it).
+    __init__ = Exception.__init__

@@ -139,15 +139,17 @@ def test_preset_is_made_for_the_pipeline_size(tmp_path, embedded):
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["recipe"]["resolution"] == 32
 
 
-def test_resolution_mismatch_warns_which_translate_range_applies(tmp_path, embedded):
-    policy_file = Policy.preset("ra-n2-m9").save(tmp_path / "ra.yaml")   # a file: 224 px kept
+def test_a_policy_file_is_adapted_to_the_pipeline_size_with_a_note(tmp_path, embedded):
+    policy_file = Policy.preset("ra-n2-m9").save(tmp_path / "ra.yaml")   # a file made for 224 px
     result = CliRunner().invoke(
         main, ["compile", str(policy_file), "--out", str(tmp_path / "c"), "--data",
                str(embedded.val), "--pipeline", "cifar", "--batch-size", "8"])
     assert result.exit_code == 0, result.stderr
-    assert "Warning:" in result.stderr and "224 px" in result.stderr
-    assert "100 px at m = 1" in result.stderr
-    assert "WARNING" in (tmp_path / "c" / "summary.txt").read_text()
+    assert "Note: the policy was made for 224 px images and is adapted to the pipeline's 32 px " \
+           "(recipe 'cifar'): TranslateX/TranslateY move by up to 10 px at m = 1" in result.stderr
+    assert "Warning" not in result.stderr
+    assert Policy.load(tmp_path / "c" / "policy.yaml").resolution == 32
+    assert "WARNING" not in (tmp_path / "c" / "summary.txt").read_text()
 
 
 def test_data_with_an_unreadable_file_is_refused_naming_it(tmp_path, embedded):

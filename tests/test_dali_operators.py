@@ -482,10 +482,10 @@ def test_gpu_graph_places_image_work_on_gpu():
     assert {"WarpAffine", "Filter", "Erase", "Equalize", "Rotation"} <= set(gpu)
 
 
-def test_fused_cpu_graph_has_one_kernel_per_layer_and_no_branches():
+def test_fused_cpu_graph_has_one_kernel_and_no_branches():
     """On CPU images the default graph runs every operator of the paper policy (bilinear) in the
-    fused kernel: one FusedCpuKernel per layer, no conditional split, none of DALI's image
-    operators; ``cpu_kernels="dali"`` keeps DALI's operators (the GPU graph)."""
+    fused kernel: one FusedCpuKernel call for both layers, no conditional split, none of DALI's
+    image operators; ``cpu_kernels="dali"`` keeps DALI's operators (the GPU graph)."""
     fused, _ = _placement("cpu", cpu_kernels="fused")
     graph, _ = _placement("cpu")
     assert "FusedCpuKernel" in fused and "FusedCpuKernel" not in graph

@@ -12,10 +12,18 @@ scheduler from ``create_optimizer_v2`` / ``create_scheduler_v2`` (``step_update`
 timm needs torchvision, and PyPI's torchvision does not load beside this project's CPU build of
 torch, so the default environment skips this file; ``.ci/timm`` runs it in an environment of its
 own (a matching torch/torchvision pair).
+
+Opt-in: with ``DRA_DALI_TIMM_TRAIN_PY`` set to a checkout's ``train.py``, a second test runs that
+script's own ``main()`` (its ``train_one_epoch``, ``validate``, ``_set_loader_epoch``, Mixup and
+CutMix, scheduler and checkpoint saver) with ``DALILoader`` returned where it calls
+``create_loader``; nothing of the script is copied here.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
 from collections import defaultdict
 
 import pytest
@@ -23,6 +31,7 @@ import torch
 from integration_common import BATCH, assert_each_sample_once, indexed_train, small_policy
 
 from dra_dali.dali import DALILoader
+from dra_dali.data import ImageList, scan_images
 
 timm = pytest.importorskip("timm", exc_type=ImportError)
 from timm.data import Mixup  # noqa: E402
@@ -93,3 +102,54 @@ def test_timm_loop_with_mixup_cutmix_learns_and_covers_each_sample_once(embedded
     assert_each_sample_once(seen, len(train), EPOCHS, drop_last=True)
     metrics = validate(model, loader_eval)
     assert metrics["count"] == 500 and metrics["top1"] > 20.0          # percent; chance: 10
+
+
+TRAIN_PY = os.environ.get("DRA_DALI_TIMM_TRAIN_PY")
+
+
+def _timm_script(path: str):
+    spec = importlib.util.spec_from_file_location("timm_train_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+@pytest.mark.skipif(not TRAIN_PY, reason="timm's train.py is a script of its repository, in "
+                    "neither its wheel nor its sdist: set DRA_DALI_TIMM_TRAIN_PY to a checkout's "
+                    "train.py to run its main() with the loader")
+def test_timms_own_train_py_runs_with_the_loader(embedded, tmp_path, monkeypatch):
+    """timm's main(), unchanged, for 2 epochs: DALILoader is what its create_loader returns.
+    The training labels are sample indices (to see each epoch's samples); the loader subclass
+    maps them to classes, the one concession to the bookkeeping (the script's loss is its own)."""
+    full = scan_images(embedded.train)
+    train = ImageList(root=full.root, files=full.files, labels=tuple(range(len(full.files))),
+                      classes=tuple(str(i) for i in range(len(full.files))), source=full.source)
+    class_of, seen = torch.tensor(full.labels), defaultdict(list)
+
+    class Recording(DALILoader):
+        def __iter__(self):
+            for images, labels in super().__iter__():
+                seen[self._running["epoch"]] += labels.tolist()
+                yield images, class_of[labels]
+
+    def create_loader(dataset, input_size, batch_size, is_training=False, **kwargs):
+        if is_training:
+            return Recording(train, small_policy(), recipe="demo", batch_size=batch_size,
+                             drop_last=True, num_threads=2, seed=0)
+        return DALILoader(embedded.val, recipe="demo", batch_size=batch_size, train=False,
+                          num_threads=2)
+
+    script = _timm_script(TRAIN_PY)
+    monkeypatch.setattr(script, "create_loader", create_loader)
+    monkeypatch.setattr(sys, "argv", [
+        "train.py", "--data-dir", str(embedded.train.parent), "--train-split", "train",
+        "--val-split", "val", "--model", "resnet10t", "--num-classes", "10", "--input-size",
+        "3", "32", "32", "-b", str(BATCH), "--epochs", "2", "--opt", "sgd", "--lr", "0.1",
+        "--sched", "cosine", "--warmup-epochs", "0", "--mixup", "0.8", "--cutmix", "1.0",
+        "--smoothing", "0.1", "--no-prefetcher", "--device", "cpu", "--workers", "0",
+        "--seed", "0", "--output", str(tmp_path), "--experiment", "dali"])
+    script.main()
+    rows = (tmp_path / "dali" / "summary.csv").read_text().strip().splitlines()
+    header, last = rows[0].split(","), rows[-1].split(",")
+    assert len(rows) == 3 and float(last[header.index("eval_top1")]) > 20.0   # chance: 10
+    assert_each_sample_once(seen, len(train), 2, drop_last=True)

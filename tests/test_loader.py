@@ -76,6 +76,26 @@ def test_validation_loader_is_ordered_and_refuses_a_policy(embedded):
         DALILoader(embedded.val, Policy.preset("ta"), recipe="demo", train=False)
 
 
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_validation_loader_reuses_its_pipeline_after_a_complete_epoch(embedded, drop_last):
+    subset = _indexed(embedded, per_class=4)                 # 40 samples, batch 6: 6 full + 4
+    loader = DALILoader(subset, recipe="demo", batch_size=6, train=False, num_threads=1,
+                        drop_last=drop_last)
+    epochs = []
+    for _ in range(3):
+        epochs.append([(x, t) for x, t in loader])
+        if len(epochs) == 1:
+            pipeline = loader.pipeline
+        assert loader.pipeline is pipeline                   # kept, not built again
+    labels = [torch.cat([t for _, t in epoch]).tolist() for epoch in epochs]
+    assert labels[0] == list(range(36 if drop_last else 40)) and labels[0] == labels[1] == labels[2]
+    for x, y in zip(epochs[0], epochs[2]):
+        assert torch.equal(x[0], y[0])
+    next(iter(loader))                                       # an epoch left early: not kept
+    assert [t.tolist() for _, t in loader][0] == list(range(6))
+    assert loader.pipeline is not pipeline
+
+
 # ----- the DataLoader surface trainers use ------------------------------------------------------
 
 def _cheap_policy() -> Policy:
@@ -113,6 +133,23 @@ def test_set_epoch_selects_the_epoch_order(embedded):
     assert torch.cat([t for _, t in jumped]).tolist() == orders[2]
     jumped.set_epoch(1)
     assert torch.cat([t for _, t in jumped]).tolist() == orders[1]
+
+
+def test_the_next_epoch_built_ahead_gives_the_same_batches(embedded):
+    subset = _indexed(embedded, per_class=3)                     # 30 samples, batch 8: 4 batches
+    ahead = DALILoader(subset, _cheap_policy(), recipe="demo", batch_size=8, num_threads=1,
+                       seed=2)
+    plain = DALILoader(subset, _cheap_policy(), recipe="demo", batch_size=8, num_threads=1,
+                       seed=2, build_ahead=False)
+    built = None
+    for epoch in range(3):
+        got, want = list(ahead), list(plain)
+        if built is not None:
+            assert ahead.pipeline is built                       # the one built in the background
+        assert [t.tolist() for _, t in got] == [t.tolist() for _, t in want]
+        assert all(torch.equal(a, b) for (a, _), (b, _) in zip(got, want))
+        assert ahead._ahead[0] == epoch + 1 and plain._ahead is None
+        built = ahead._ahead[1].result()["pipeline"]
 
 
 def test_break_does_not_read_the_rest_of_the_epoch(embedded):
@@ -311,3 +348,26 @@ def test_scheduled_policy_switches_at_its_boundary(embedded):
                 if inverted:                                        # 255 - x, normalised
                     expected = ((1 - (expected * std + mean)) - mean) / std
                 assert torch.allclose(image, expected, atol=0.02), (epoch, int(label))
+
+
+def test_a_policy_file_made_for_224_px_is_adapted_to_the_32_px_pipeline(embedded, tmp_path):
+    """TranslateX at m = 1 moves a 224 px policy's images by 100 px; on the 32 px pipeline the
+    file is adapted (10 px, the same image fraction as the paper's CIFAR range), not kept (100 px
+    would leave only the fill)."""
+    subset = _indexed(embedded, per_class=1)
+    path = Policy.from_dict({"ops": ["TranslateX"], "resolution": 224, "apply_prob": [1.0, 1.0],
+                             "layers": [{"logits": [0.0], "mean": [1.0], "std": [0.0]}]}
+                            ).save(tmp_path / "translate.yaml")
+    recipe = {"name": "plain", "resolution": 32, "crop": "center", "flip": False, "val_resize": 32}
+    with pytest.warns(UserWarning, match="made for 224 px images and is adapted to the "
+                                         "pipeline's 32 px.*up to 10 px at m = 1"):
+        loader = DALILoader(subset, path, recipe=recipe, batch_size=10, num_threads=1)
+    assert loader.policy.resolution == 32
+    plain = DALILoader(subset, recipe=recipe, batch_size=10, train=False, num_threads=1)
+    reference = {int(i): x for x, t in plain for i, x in zip(t, x)}
+    for images, labels in loader:
+        for image, label in zip(images, labels):
+            original = reference[int(label)]
+            moved = [torch.allclose(image[:, :, 10:], original[:, :, :-10], atol=0.02),
+                     torch.allclose(image[:, :, :-10], original[:, :, 10:], atol=0.02)]
+            assert any(moved), int(label)                 # shifted by 10 px, left or right

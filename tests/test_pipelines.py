@@ -12,6 +12,7 @@ from dra_dali.dali.export import graph_operators, placement_problems
 from dra_dali.dali.pipelines import (
     PipelineRecipe,
     RecipeError,
+    adapt_policy,
     build_train_pipeline,
     build_val_pipeline,
     load_recipe,
@@ -19,6 +20,7 @@ from dra_dali.dali.pipelines import (
     resolution_warning,
 )
 from dra_dali.data import ImageList, scan_images
+from dra_dali.policy import Layer
 
 
 def _indexed(embedded, per_class: int = 5) -> ImageList:
@@ -82,14 +84,33 @@ def test_unknown_recipe_name_lists_the_known_ones():
         load_recipe("imagenett")
 
 
-def test_resolution_warning_names_the_translate_range(embedded):
+def test_policies_are_adapted_to_the_pipeline_size_with_a_note_where_translation_moves(embedded):
     cifar, imagenet = load_recipe("cifar"), load_recipe("imagenet")
-    policy = Policy.preset("ra-n2-m9")                     # resolution 224
-    message = resolution_warning(policy, cifar)
-    assert "224" in message and "32" in message and "100 px" in message
+    policy = Policy.preset("ra-n2-m9")                     # resolution 224, TranslateX/Y in it
+    assert adapt_policy(policy, 224) == (policy, None)
+    adapted, note = adapt_policy(policy, 32, "cifar")
+    assert adapted == policy.with_resolution(32) and adapted.resolution == 32
+    assert note == resolution_warning(policy, cifar)
+    assert "made for 224 px images and is adapted to the pipeline's 32 px (recipe 'cifar'): " \
+           "TranslateX/TranslateY move by up to 10 px at m = 1 (31 % of the image; 100 px, " \
+           "45 %, at 224 px)" in note
     assert resolution_warning(policy, imagenet) is None
-    with pytest.warns(UserWarning, match="TranslateX"):
+    layer = Layer(logits=(0.0, 0.0), mean=(0.5, 0.5), std=(0.1, 0.1))
+    no_translation = Policy(ops=("Rotate", "Color"), layers=(layer,), resolution=224)
+    adapted, note = adapt_policy(no_translation, 32)
+    assert adapted.resolution == 32 and note is None       # nothing changes: said nothing
+    with pytest.warns(UserWarning, match="adapted to the pipeline's 32 px"):
         build_train_pipeline(embedded.val, policy, cifar, batch_size=4)
+
+
+def test_every_entry_of_a_scheduled_policy_is_adapted():
+    entry = {"ops": ["TranslateY"], "resolution": 224,
+             "layers": [{"logits": [0.0], "mean": [0.5], "std": [0.1]}]}
+    policy = Policy.from_dict({"format": "dra-policy/2", "schedule": [
+        {"start_epoch": 0, "policy": entry}, {"start_epoch": 3, "policy": entry}]})
+    adapted, note = adapt_policy(policy, 64)
+    assert [e.policy.resolution for e in adapted.schedule] == [64, 64]
+    assert adapted.at_epoch(5).resolution == 64 and "64 px" in note
 
 
 # ----- CPU pipelines, run for real ------------------------------------------------------------

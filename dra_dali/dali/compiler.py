@@ -32,6 +32,7 @@ from nvidia.dali.data_node import DataNode
 
 from dra_dali.dali import cpu_kernels as fused_cpu
 from dra_dali.dali.draws import NEGLIGIBLE_PROBABILITY, LayerDraws, policy_draws
+from dra_dali.dali.node_meta import check_images
 from dra_dali.dali.operators import (
     CPU_KERNELS,
     INTERPOLATIONS,
@@ -247,12 +248,22 @@ def _fused_parameters(kernels, families, layer: LayerDraws, v, matrix, fill: int
     return fused_cpu.parameters(kind, v, matrix, fill, centre)
 
 
-def _apply_layer(images, policy: Policy, j: int, layer: LayerDraws, interpolation: str,
-                 cpu_kernel_set: str):
+def _flush(images, pending: list):
+    """Run the fused kernel's pending layers (their parameter blocks, in order) on ``images``."""
+    if not pending:
+        return images
+    params = pending[0] if len(pending) == 1 else fn.cat(*pending, axis=0)
+    pending.clear()
+    return fused_cpu.fused(images, params)
+
+
+def _apply_layer(images, pending: list, policy: Policy, j: int, layer: LayerDraws,
+                 interpolation: str, cpu_kernel_set: str):
     """The conditional part of a layer: only applied samples whose operator is not a
     passthrough reach the branches; the parameters, the affine matrix and the fused kernel's
     parameters are computed before the split, once for all branches. A layer whose operators
-    all run in the fused CPU kernel has no branches: one kernel, each image with its kind."""
+    all run in the fused CPU kernel has no branches: its parameter block joins ``pending``, and
+    consecutive such layers run as one kernel call (each image with its kind per layer)."""
     table = dali_kernels()
     kernels = [table[name] for name in layer.names]
     fused = fused_on(images, cpu_kernel_set)
@@ -266,8 +277,9 @@ def _apply_layer(images, policy: Policy, j: int, layer: LayerDraws, interpolatio
     matrix = _affine_matrix(kernels, branch, v, images) if any(k.affine for k in kernels) else None
     go = layer.applied if layer.coin == "random" else None
     if [leaf.family for leaf in leaves] == ["fused"]:
-        return fused_cpu.fused(images, _fused_parameters(kernels, families, layer, v, matrix,
-                                                           policy.fill, go))
+        pending.append(_fused_parameters(kernels, families, layer, v, matrix, policy.fill, go))
+        return images
+    images = _flush(images, pending)
     params = (_fused_parameters(kernels, families, layer, v, matrix, policy.fill, None)
               if "fused" in families else None)
     b = _Branches(leaves, v, matrix, params, fixed is not None, policy.fill, interpolation)
@@ -282,7 +294,8 @@ def _apply_layer(images, policy: Policy, j: int, layer: LayerDraws, interpolatio
 
 
 def augment(images: DataNode, policy: "Policy | str | Path", trace: bool = False,
-            seed: int | None = None, interpolation: str = "linear", cpu_kernels: str = "fused"):
+            seed: int | None = None, interpolation: str = "linear", cpu_kernels: str = "fused",
+            resolution: int | None = None):
     """Apply ``policy`` to a batch of uint8 HWC images inside a DALI pipeline definition.
 
     Call it inside your own ``@pipeline_def(enable_conditionals=True)``; the images may live on
@@ -293,8 +306,7 @@ def augment(images: DataNode, policy: "Policy | str | Path", trace: bool = False
     Args:
         images: uint8 HWC DataNode (``cpu`` or ``gpu``), e.g. the output of a decoder or crop.
         policy: the :class:`~dra_dali.Policy` to apply, a policy file, or a preset name
-            (``"rand-m9-mstd0.5"``, ``"dra-imagenet-resnet-50"``; made at the preset's own
-            resolution: use ``Policy.preset(name, resolution=...)`` for another image size).
+            (``"rand-m9-mstd0.5"``, ``"dra-imagenet-resnet-50"``).
         trace: also return an :class:`AugmentTrace` with the draws per image and layer.
         seed: optional seed for the random operators (default: derived from the pipeline seed).
         interpolation: ``"linear"`` (bilinear, as DALI's rand_augment and the torch search
@@ -303,6 +315,10 @@ def augment(images: DataNode, policy: "Policy | str | Path", trace: bool = False
         cpu_kernels: for CPU images, ``"fused"`` (default: the bilinear warp and the colour
             family as compiled loops, :mod:`dra_dali.dali.cpu_kernels`, same parity, several
             times cheaper) or ``"dali"`` (DALI's operators only: the graph GPU images get).
+        resolution: the side of the images in pixels: the policy (object, file or preset) is
+            adapted to it (``Policy.with_resolution``: the translate range follows it). A DALI
+            graph does not know its images' size when it is defined, so without it the policy
+            keeps its own ``resolution`` (a preset's: 224 for RandAugment/TA/timm strings).
 
     Returns:
         The augmented images (same device, uint8 HWC), or ``(images, AugmentTrace)`` when
@@ -310,7 +326,15 @@ def augment(images: DataNode, policy: "Policy | str | Path", trace: bool = False
 
     Raises:
         TypeError: if ``images`` is not a DataNode or ``policy`` not a Policy.
+        ImageInputError: (a ``DraDaliError``) the graph says the images are not uint8 HWC
+            (checked here, when the graph is defined, from what DALI's operator schemas infer;
+            see :mod:`dra_dali.dali.node_meta`); the message names what it found.
         ValueError: for an unknown interpolation or ``cpu_kernels``.
+        PolicyError: ``resolution`` is not a positive integer.
+
+    Warns:
+        UserWarning: the graph cannot tell the images' dtype (an external source declared
+            without it), so the check cannot run.
 
     Example:
         >>> # inside @pipeline_def(enable_conditionals=True, ...):
@@ -319,7 +343,10 @@ def augment(images: DataNode, policy: "Policy | str | Path", trace: bool = False
     if not isinstance(images, DataNode):
         raise TypeError(f"augment: images must be a DALI DataNode (uint8 HWC), got "
                         f"{type(images).__name__}; call augment inside a @pipeline_def")
+    check_images(images, "augment")
     policy = _as_policy(policy)
+    if resolution is not None:
+        policy = policy.with_resolution(resolution)
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"augment: interpolation must be one of {sorted(INTERPOLATIONS)}, got "
                          f"{interpolation!r}")
@@ -327,8 +354,10 @@ def augment(images: DataNode, policy: "Policy | str | Path", trace: bool = False
         raise ValueError(f"augment: cpu_kernels must be one of {list(CPU_KERNELS)}, got "
                          f"{cpu_kernels!r}")
     drawn = policy_draws(policy, seed)
+    pending: list = []
     for j, layer in enumerate(drawn.layers):
-        images = _apply_layer(images, policy, j, layer, interpolation, cpu_kernels)
+        images = _apply_layer(images, pending, policy, j, layer, interpolation, cpu_kernels)
+    images = _flush(images, pending)
     if not trace:
         return images
     stacked = [fn.stack(*[getattr(layer, f) for layer in drawn.layers])

@@ -109,6 +109,7 @@ def parameters(kind, v=0.0, matrix=None, fill: float = 0.0, centre=None) -> Data
 
 @do_not_convert
 def fused(images: DataNode, params: DataNode) -> DataNode:
-    """Run the fused kernel on uint8 HWC CPU images with per-sample :func:`parameters`."""
+    """Run the fused kernel on uint8 HWC CPU images with per-sample :func:`parameters`: one
+    block, or several concatenated (the layers of a policy), applied in order."""
     # numba_function outputs carry no layout; the branches of a conditional must agree
     return fn.reshape(_operator()(images, params), layout="HWC")

@@ -296,6 +296,19 @@ def _fused_run(out, image, params):
         _colour_run(out, image, params)
 
 
+@njit(cache=True)
+def _chain_run(out, image, params):
+    """Apply the 11-value parameter blocks of ``params`` in order (one per policy layer), each
+    to the previous block's result; blocks whose kind is -1 (unchanged) cost nothing."""
+    source = image
+    for start in range(0, params.size, 11):
+        if params[start] >= 0:
+            target = np.empty_like(image)
+            _fused_run(target, source, params[start:start + 11])
+            source = target
+    out[:] = source
+
+
 # ----- the C entry points DALI's numba_function calls (cached on disk by numba) --------------
 # DALI's own wrapper compiles a new C callback for every operator it creates (30 s for the
 # colour kernel on this machine); these are compiled once and cached, and handed to
@@ -308,22 +321,23 @@ _SETUP_SIGNATURE = nb_types.void(nb_types.uint64, nb_types.uint64, nb_types.int3
 
 
 @njit(cache=True)
-def _arrays(out_ptr, in_ptr, in_shapes_ptr, params: int):
+def _arrays(out_ptr, in_ptr, in_shapes_ptr):
     """The sample's output image, input image (same shape) and float32 parameters."""
     outs = carray(_pointer(out_ptr), 1, dtype=np.uint64)
     ins = carray(_pointer(in_ptr), 2, dtype=np.uint64)
     shapes = carray(_pointer(in_shapes_ptr), 2, dtype=np.uint64)
     shape = carray(_pointer(shapes[0]), 3, dtype=np.int64)
+    count = carray(_pointer(shapes[1]), 1, dtype=np.int64)[0]
     size = (shape[0], shape[1], shape[2])
     return (carray(_pointer(outs[0]), size, dtype=np.uint8),
             carray(_pointer(ins[0]), size, dtype=np.uint8),
-            carray(_pointer(ins[1]), params, dtype=np.float32))
+            carray(_pointer(ins[1]), count, dtype=np.float32))
 
 
 @cfunc(_RUN_SIGNATURE, nopython=True, cache=True)
 def _fused_c(out_ptr, out_shapes, out_ndims, num_outs, in_ptr, in_shapes, in_ndims, num_ins):
-    out, image, params = _arrays(out_ptr, in_ptr, in_shapes, 11)
-    _fused_run(out, image, params)
+    out, image, params = _arrays(out_ptr, in_ptr, in_shapes)
+    _chain_run(out, image, params)
 
 
 @cfunc(_SETUP_SIGNATURE, nopython=True, cache=True)

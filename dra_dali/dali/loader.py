@@ -19,9 +19,11 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -44,6 +46,12 @@ __all__ = ["DALILoader", "LoaderStateError", "dali_placement", "distributed_shar
 
 #: Format tag of :meth:`DALILoader.state_dict`.
 STATE_FORMAT = "dra-dali-loader/1"
+
+
+@functools.lru_cache(maxsize=1)
+def _builder() -> ThreadPoolExecutor:
+    """The thread that builds the next training epoch's pipelines (``build_ahead``)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="dra-dali-next-epoch")
 
 
 class LoaderStateError(DraDaliError):
@@ -157,6 +165,9 @@ class DALILoader:
         seed: shuffle and augmentation seed; same seed and epoch, same batches.
         shard_id, num_shards: this process's shard; default the global rank and world size of
             ``torch.distributed`` when it is initialised, else the whole data set.
+        build_ahead: training: build the next epoch's pipeline in a background thread while
+            this epoch runs (from its second batch on), so that the next epoch starts without
+            waiting for it; ``False`` builds each epoch's pipeline when it starts.
 
     Attributes:
         images: the scanned :class:`~dra_dali.data.ImageList`.
@@ -178,9 +189,9 @@ class DALILoader:
         ``seed`` and the epoch, with the policy of that epoch (``policy.at_epoch(epoch)``: a
         scheduled policy switches at its ``schedule_boundaries``): ``set_epoch(n)`` selects the
         epoch (as with a ``DistributedSampler``); without it every ``iter()`` runs the next
-        epoch. Leaving an
-        epoch early (``break``) costs nothing: the next ``iter()`` starts a new pipeline rather
-        than reading the rest of the old one.
+        epoch. A validation loader keeps its one pipeline from a complete epoch to the next
+        (DALI's iterator ``reset()``). Leaving an epoch early (``break``) costs nothing: the next
+        ``iter()`` starts a new pipeline rather than reading the rest of the old one.
 
         ``len()`` is the same on every rank: ``ceil(largest shard / batch_size)``, or with
         ``drop_last`` ``floor(smallest shard / batch_size)``. Shards partition each epoch (sizes
@@ -201,7 +212,7 @@ class DALILoader:
                  batch_size: int | None = None, train: bool = True, drop_last: bool = False,
                  device: "str | torch.device" = "cpu", device_id: int | None = None,
                  num_threads: int | None = None, seed: int = 0, shard_id: int | None = None,
-                 num_shards: int | None = None) -> None:
+                 num_shards: int | None = None, build_ahead: bool = True) -> None:
         if policy is not None and not train:
             raise DraDaliError("policy: a validation DALILoader (train=False) takes no policy")
         rank, world = distributed_shard()
@@ -225,6 +236,8 @@ class DALILoader:
         self.epoch = 0
         self._resume: dict[str, Any] | None = None
         self._running: dict[str, Any] | None = None   # the epoch being iterated
+        self.build_ahead = bool(build_ahead)
+        self._ahead: tuple[int, Any] | None = None     # (epoch, Future of its pipeline)
         # Build the first epoch's pipeline now: bad data, policy or shard fail here, not at the
         # first batch; iter() uses it when it is still the right epoch.
         self._prepared = self._open(0, None)
@@ -261,7 +274,15 @@ class DALILoader:
         epoch, resume = self.epoch, self._resume
         self._resume = None
         prepared, self._prepared = self._prepared, None
-        if prepared is not None and prepared["epoch"] == epoch and resume is None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and (ahead[0] != epoch or resume is not None):
+            ahead[1].cancel()                   # built for another epoch: not used
+        elif ahead is not None and prepared is None:
+            prepared = ahead[1].result()        # built while the previous epoch ran
+        # A validation pipeline is the same every epoch (no shuffle, no policy): any epoch runs
+        # on the one kept after a complete epoch.
+        if prepared is not None and resume is None and (prepared["epoch"] == epoch
+                                                         or not self.train):
             running = prepared
         else:
             prepared = None
@@ -347,6 +368,18 @@ class DALILoader:
             previous = (images, labels)
             running["batch"] += 1
             yield images, labels
+            if running["batch"] == 1 and self.train and self.build_ahead:
+                self._build_next(running["epoch"] + 1)
+        if not self.train and running["batch"] >= len(self):
+            # The epoch is complete: reset DALI's iterator (what it is for) and keep the pipeline
+            # for the next epoch instead of building a new one (1-2 s on a busy CPU).
+            running["iterator"].reset()
+            self._prepared = {**running, "batch": 0}
+
+    def _build_next(self, epoch: int) -> None:
+        """Start building ``epoch``'s pipeline in the background (one builder thread for all
+        loaders); :meth:`_start` takes it if that is the epoch that runs next."""
+        self._ahead = (epoch, _builder().submit(self._open, epoch, None))
 
     @property
     def pipeline(self):

@@ -20,8 +20,9 @@ for PyTorch trainers.
 Example:
     >>> from dra_dali import Policy
     >>> from dra_dali.data import embedded_dataset
-    >>> pipe = build_train_pipeline(embedded_dataset().train, Policy.preset("ra-n2-m9"),
-    ...                             recipe="demo", batch_size=32)
+    >>> pipe = build_train_pipeline(embedded_dataset().train,
+    ...                             Policy.preset("ra-n2-m9", resolution=32), recipe="demo",
+    ...                             batch_size=32)
     >>> images, labels = pipe.run()        # DALI TensorLists: 32 x 3 x 32 x 32 float, 32 labels
 """
 
@@ -52,6 +53,7 @@ __all__ = [
     "recipe_names",
     "load_recipe",
     "resolution_warning",
+    "adapt_policy",
     "resolve_policy",
     "build_train_pipeline",
     "build_val_pipeline",
@@ -233,36 +235,83 @@ def load_recipe(recipe: "str | Path | PipelineRecipe | Mapping[str, Any]") -> Pi
     return PipelineRecipe.from_dict(data, source=str(path))
 
 
-def resolution_warning(policy: Policy, recipe: PipelineRecipe) -> str | None:
-    """The warning to give when the policy's resolution differs from the pipeline's crop.
+_TRANSLATES = ("TranslateX", "TranslateY")
 
-    The translate range of TranslateX/TranslateY comes from the policy's ``resolution`` (100 px at
-    224, 10 px at 32; see :func:`dra_dali.ops.translate_range_px`), whatever the image size.
+
+def _translates(policy: Policy) -> bool:
+    """Whether any operator list of the policy (every schedule entry) has a translation: the
+    only operators whose effect depends on the policy's ``resolution``."""
+    flats = [entry.policy for entry in policy.schedule] or [policy]
+    return any(op in flat.ops for flat in flats for op in _TRANSLATES)
+
+
+def resolution_warning(policy: Policy, recipe: PipelineRecipe) -> str | None:
+    """The note to give when a policy made for another image size is adapted to the pipeline's.
+
+    Only TranslateX/TranslateY depend on the policy's ``resolution`` (their range at m = 1:
+    :func:`dra_dali.ops.translate_range_px`, 100 px at 224, 10 px at 32); the pipelines built
+    here adapt a policy to the recipe's crop (:func:`adapt_policy`), and this says what that
+    changes.
 
     Returns:
-        ``None`` when they match, else a sentence naming both sizes and the range that applies.
+        ``None`` when the sizes match or the policy has no translation, else a sentence naming
+        both sizes and the translate range at each.
     """
-    if policy.resolution == recipe.resolution:
-        return None
-    used = translate_range_px(policy.resolution)
-    native = translate_range_px(recipe.resolution)
-    return (f"the policy was made for {policy.resolution} px images but the pipeline crops "
-            f"{recipe.resolution} px (recipe {recipe.name!r}): TranslateX/TranslateY use the "
-            f"policy's range, {used:g} px at m = 1 ({100 * used / recipe.resolution:.0f} % of the "
-            f"crop), not the {native:g} px a {recipe.resolution} px policy would use; set "
-            f"'resolution: {recipe.resolution}' in the policy if that is what you want")
+    return adapt_policy(policy, recipe.resolution, recipe.name)[1]
+
+
+def adapt_policy(policy: Policy, size: int, recipe: str | None = None
+                 ) -> tuple[Policy, str | None]:
+    """The policy for a pipeline whose images are ``size`` px, and a note when that changed it.
+
+    Every policy (a preset, a file, an object) is adapted with :meth:`Policy.with_resolution`:
+    magnitudes are normalised, so only the translate range moves, and it follows the image size
+    as the paper's does (10 px at 32, 100 px at 224, the nearer fraction elsewhere). Keeping the
+    policy's own pixels would translate a 224 px policy by 312 % of a 32 px crop (flat grey
+    images), a 32 px policy by 4 % of a 224 px one.
+
+    Args:
+        policy: the policy.
+        size: the pipeline's image side in pixels (the recipe's ``resolution``).
+        recipe: the recipe's name, for the note.
+
+    Returns:
+        ``(adapted policy, note)``; the note is ``None`` where nothing changed (same size, or no
+        TranslateX/TranslateY in the policy).
+
+    Raises:
+        PolicyError: ``size`` is not a positive integer.
+
+    Example:
+        >>> adapted, note = adapt_policy(Policy.preset("ra-n2-m9"), 32)
+        >>> adapted.resolution, note.split(":")[0]
+        (32, "the policy was made for 224 px images and is adapted to the pipeline's 32 px")
+    """
+    if policy.resolution == size and all(e.policy.resolution == size for e in policy.schedule):
+        return policy, None
+    adapted = policy.with_resolution(size)
+    if not _translates(policy):
+        return adapted, None
+    was, now = translate_range_px(policy.resolution), translate_range_px(size)
+    where = f" (recipe {recipe!r})" if recipe else ""
+    return adapted, (
+        f"the policy was made for {policy.resolution} px images and is adapted to the "
+        f"pipeline's {size} px{where}: TranslateX/TranslateY move by up to {now:g} px at m = 1 "
+        f"({100 * now / size:.0f} % of the image; {was:g} px, {100 * was / policy.resolution:.0f}"
+        f" %, at {policy.resolution} px); give a policy with 'resolution: {size}' to silence this")
 
 
 def resolve_policy(spec: "Policy | str | Path | None", resolution: int) -> Policy | None:
-    """A policy given as an object, a YAML file, a preset name, or ``None`` / ``"none"``.
+    """A policy given as an object, a YAML file, a preset name, or ``None`` / ``"none"``, made
+    for the pipeline's image size.
 
     Args:
         spec: the policy, a policy file, a preset name (``ra-n2-m9``, ``rand-m9-mstd0.5``,
             ``dra-imagenet-resnet-50``) or ``None`` / ``"none"`` for no augmentation.
-        resolution: the pipeline's image side. A preset is made for it (its translate range is
-            the one of that size: ``ra-n2-m9`` at 32 px translates by up to 10 px, as RandAugment
-            does on CIFAR, not by the 100 px of 224 px images). Files and :class:`Policy`
-            objects are used as they are (:func:`resolution_warning` tells when they differ).
+        resolution: the pipeline's image side. Every policy is adapted to it
+            (:func:`adapt_policy`): ``ra-n2-m9`` at 32 px translates by up to 10 px, as
+            RandAugment does on CIFAR, not by the 100 px of 224 px images. Where that changes a
+            file's or an object's translate range, a ``UserWarning`` says so.
 
     Raises:
         PolicyError: the file is invalid, or the text is neither a file nor a preset (the
@@ -274,18 +323,24 @@ def resolve_policy(spec: "Policy | str | Path | None", resolution: int) -> Polic
     """
     from dra_dali.policy import PolicyError
 
-    if spec is None or isinstance(spec, Policy):
-        return spec
-    text = str(spec)
-    if text.lower() == "none":
+    if spec is None:
         return None
-    if Path(text).exists() or Path(text).suffix in (".yaml", ".yml"):
-        return Policy.load(text)
-    try:
-        return Policy.preset(text, resolution=resolution)
-    except PolicyError as exc:
-        raise PolicyError(f"policy {text!r} is not a file and not a preset ({exc}); give a policy "
-                          "YAML file, a preset name, or 'none'") from None
+    if isinstance(spec, Policy):
+        policy = spec
+    elif str(spec).lower() == "none":
+        return None
+    elif Path(spec).exists() or Path(spec).suffix in (".yaml", ".yml"):
+        policy = Policy.load(spec)
+    else:
+        try:
+            return Policy.preset(str(spec), resolution=resolution)
+        except PolicyError as exc:
+            raise PolicyError(f"policy {str(spec)!r} is not a file and not a preset ({exc}); "
+                              "give a policy YAML file, a preset name, or 'none'") from None
+    adapted, note = adapt_policy(policy, resolution)
+    if note:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    return adapted
 
 
 # ----- graph pieces ------------------------------------------------------------------------------
@@ -396,7 +451,8 @@ def build_train_pipeline(data: "str | Path | ImageList", policy: Policy | None =
     Args:
         data: image folder (``root/<class>/*.jpg``), file list (``path label`` lines) or a
             scanned :class:`~dra_dali.data.ImageList`; labels follow its class order.
-        policy: the augmentation policy (``None``: crop, flip and normalise only).
+        policy: the augmentation policy (``None``: crop, flip and normalise only), adapted to
+            the recipe's image size (:func:`adapt_policy`).
         recipe: recipe name (``imagenet``, ``cifar``, ``demo``), YAML path or object.
         batch_size: samples per batch (default: the recipe's).
         device: ``"gpu"`` (mixed decode, GPU operators; needs CUDA to build) or ``"cpu"``.
@@ -408,7 +464,9 @@ def build_train_pipeline(data: "str | Path | ImageList", policy: Policy | None =
         shard_id: this process's shard (global rank) in ``[0, num_shards)``.
         num_shards: number of shards (world size).
         shuffle: shuffle each epoch (a full permutation; the first epoch too).
-        warn: emit :func:`resolution_warning` as a ``UserWarning`` when it applies.
+        warn: emit the note of :func:`adapt_policy` as a ``UserWarning`` when the policy was
+            made for another image size and adapting it changes its translate range (the
+            policy is adapted to the recipe's ``size`` either way).
         checkpoint: a DALI checkpoint (``Pipeline.checkpoint()`` of a pipeline built with the
             same arguments) to continue from; every pipeline is built with
             ``enable_checkpointing=True``.
@@ -435,10 +493,10 @@ def build_train_pipeline(data: "str | Path | ImageList", policy: Policy | None =
     images_list = scan_images(data)
     kwargs = _pipeline_kwargs(recipe, batch_size, num_threads, device, device_id,
                               seed + 7919 * shard_id, checkpoint)
-    if policy is not None and warn:
-        message = resolution_warning(policy, recipe)
-        if message:
-            warnings.warn(message, UserWarning, stacklevel=2)
+    if policy is not None:
+        policy, note = adapt_policy(policy, recipe.resolution, recipe.name)
+        if note and warn:
+            warnings.warn(note, UserWarning, stacklevel=2)
 
     @pipeline_def(enable_conditionals=policy is not None, **kwargs)
     def train_pipeline():
@@ -521,7 +579,7 @@ def build_preview_pipeline(data: "str | Path | ImageList", policy: Policy,
 
     Args:
         data: image folder, file list or :class:`~dra_dali.data.ImageList`.
-        policy: the policy to render.
+        policy: the policy to render, adapted to the recipe's size (:func:`adapt_policy`).
         recipe: gives the crop size and validation resize.
         images: how many source images.
         samples: augmentations per source image.
@@ -536,6 +594,7 @@ def build_preview_pipeline(data: "str | Path | ImageList", policy: Policy,
     from nvidia.dali import fn, pipeline_def
 
     recipe = load_recipe(recipe)
+    policy = adapt_policy(policy, recipe.resolution)[0]
     scanned = scan_images(data)
     picks = np.linspace(0, len(scanned) - 1, num=min(images, len(scanned))).round().astype(int)
     files = [str(scanned.paths[i]) for i in picks for _ in range(samples)]
