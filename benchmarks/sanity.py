@@ -174,10 +174,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     for i, method in enumerate(methods):
         for j, run in enumerate(runs):
             ax = axes[i, j]
+            labelled: set[str] = set()
             for r in (r for r in rows if r["method"] == method and r["run"] == run):
                 ax.plot(r["trajectory"], color=colours[r["T"]],
                         ls=["-", "--", ":"][r["layer"] % 3], lw=1.2,
-                        label=f"{r['T']}" if r["seed"] == 0 and r["layer"] == 0 else None)
+                        label=None if r["T"] in labelled else r["T"])
+                labelled.add(r["T"])
                 ax.axhline(r["uniform"], color="grey", lw=0.8, ls=":")
             ax.set_title(f"{method}: val half {'clean (control)' if run == CONTROL else run}",
                          fontsize=9)
@@ -201,7 +203,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--transforms", default="Rotate90,Invert",
                         help=f"comma-separated, of {', '.join(TRANSFORMS)}")
     parser.add_argument("--no-control", action="store_true", help="skip the control runs")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="number of seeds")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed, +1, ...")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--images-per-class", type=int, default=40)
     parser.add_argument("--model", default="resnet-tiny")
@@ -227,7 +230,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
               "transforms": transforms}
     runs = transforms + ([] if args.no_control else [CONTROL])
     jobs = [Job(m, t, s, shared) for m in args.methods.split(",") for t in runs
-            for s in range(args.seeds)]
+            for s in range(args.first_seed, args.first_seed + args.seeds)]
     if args.jobs > 1:
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
             results = pool.map(run_job, jobs)

@@ -8,9 +8,10 @@ the sources of the graph down to a node: ``fn.decoders.image`` gives uint8 HWC, 
 ``fn.flip`` keep it, ``fn.cast`` sets the dtype, ``fn.transpose`` and ``fn.crop_mirror_normalize``
 the layout, ``fn.external_source`` what it was declared with.
 
-It reads three DALI internals that have no public equivalent in 2.4 (an operator instance's
-``_op.spec``, its ``inputs`` and ``spec``); where they differ (another DALI version) or an operator
-cannot infer, the answer is "unknown" (``None``), never an error. ``tests/test_augment_api.py``
+It reads DALI internals that have no public equivalent in 2.4 (an operator instance's
+``_op.spec``, its ``inputs`` and ``spec``; ``numba_function``'s ``out_types``/``outs_ndim``, as it
+has no inference); where they differ (another DALI version) or an operator cannot infer, the
+answer is "unknown" (``None``), never an error. ``tests/test_augment_api.py``
 pins that the check of :func:`check_images` fires, so such a change is seen.
 
 Example:
