@@ -299,14 +299,22 @@ def _fused_run(out, image, params):
 @njit(cache=True)
 def _chain_run(out, image, params):
     """Apply the 11-value parameter blocks of ``params`` in order (one per policy layer), each
-    to the previous block's result; blocks whose kind is -1 (unchanged) cost nothing."""
-    source = image
+    to the previous block's result; blocks whose kind is -1 (unchanged) cost nothing, and the
+    last applied block writes straight into ``out``."""
+    last = -1
     for start in range(0, params.size, 11):
+        if params[start] >= 0:
+            last = start
+    if last < 0:
+        out[:] = image
+        return
+    source = image
+    for start in range(0, last, 11):
         if params[start] >= 0:
             target = np.empty_like(image)
             _fused_run(target, source, params[start:start + 11])
             source = target
-    out[:] = source
+    _fused_run(out, source, params[last:last + 11])
 
 
 # ----- the C entry points DALI's numba_function calls (cached on disk by numba) --------------
