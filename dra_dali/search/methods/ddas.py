@@ -46,7 +46,10 @@ The objective stays Eq. 12 in expectation over the random grouping, per image:
 ``sum_l f_l CE(clean_l) + w_l (CE(aug_l) - CE(clean_l))`` (``f_l`` the group's share of the
 batch), whose derivative pairs each ``g_l`` with the clean gradient of the same images in
 Eq. 9 and 16-17 (with whole batches this is exactly the paper's step). Each ``g_l`` then comes
-from ``B / L^`` images instead of ``B``, so the hypergradient is noisier.
+from ``B / L^`` images instead of ``B``, so the hypergradient is noisier. Measured on CPU
+(resnet-tiny / resnet-20, batch 32): 2.8-3.3x a plain step against 4.8-5.7x for ``full``; in the
+sanity protocol (digits, 20 epochs, 3 seeds) Invert first 3 of 3 either way, Rotate90 first
+1, 1, 1 with ``full`` but 4, 1, 1 with ``split``, so ``full`` stays the default.
 
 Deviations, where the paper (and its appendix, not in our copy) is silent: the magnitude levels
 default to ``(0.2, 0.4, 0.6, 0.8, 1.0)`` (five RandAugment-style levels: the paper's 16 operators
