@@ -635,7 +635,7 @@ def test_files_rewritten_while_dali_reads_them_never_kill_the_process(tmp_path, 
         out = tmp_path / f"run-{attempt}"
         proc = subprocess.Popen(_command([
             "train", "--data", str(data), "--val-data", str(val), "--out", str(out),
-            "--pipeline", "demo", "--epochs", "4", "--batch-size", "8", "--workers", "1",
+            "--pipeline", "demo", "--epochs", "4", "--batch-size", "8", "--threads", "1",
             "--device", "cpu", "--no-progress"]), env=_env(), stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True)
         assert _wait_for_lock(out, proc.pid, proc)
