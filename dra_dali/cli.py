@@ -34,6 +34,18 @@ class _Device(click.ParamType):
 
 
 DEVICE = _Device()
+
+
+def _old_workers_flag(command):
+    """``--workers``, the name of ``--threads`` before one name per concept: still accepted,
+    hidden from the help, with a warning saying what to write instead."""
+    def warn(ctx, param, value):
+        if value is not None:
+            click.echo("Warning: --workers is now --threads; please update the command", err=True)
+        return value
+
+    return click.option("--workers", "old_workers", type=click.IntRange(min=1), default=None,
+                        hidden=True, callback=warn, expose_value=True)(command)
 _DEVICE_HELP = "auto (CUDA when available), cpu, cuda (the local rank's GPU) or cuda:N"
 
 
@@ -210,6 +222,7 @@ def list_presets() -> None:
 @click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA  [default: on]")
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="DALI CPU threads "
               "per process  [default: 2]")
+@_old_workers_flag
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
               help="Cap the steps per epoch (smoke tests).")
 @click.option("--skip-bad-files/--no-skip-bad-files", default=None,
@@ -222,7 +235,7 @@ def list_presets() -> None:
                    "overrides.jsonl). Repeatable.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar with images/s.")
 def train_command(config_file: Path | None, resume: bool, force: bool, allowed: tuple[str, ...],
-                  progress: bool, **options) -> None:
+                  progress: bool, old_workers: int | None, **options) -> None:
     """Train a model with a policy, fed by the DALI pipeline; DDP when launched by torchrun
     (torchrun --nproc_per_node N -m dra_dali.cli train ...). SIGTERM or Ctrl-C saves a
     checkpoint and exits with status 143 or 130; --resume continues."""
@@ -230,6 +243,7 @@ def train_command(config_file: Path | None, resume: bool, force: bool, allowed: 
 
     from dra_dali.train import TrainConfig, train
 
+    options["threads"] = options["threads"] or old_workers
     given = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()
              if v is not None}
     if config_file is not None:
@@ -392,6 +406,7 @@ def compile_command(policy: str, out: Path, device: str, data: str | None, recip
 @click.argument("data")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Decoding threads  [default: 2 per CPU core]")
+@_old_workers_flag
 @click.option("--decode/--headers-only", default=True,
               help="Decode every image (JPEGs in libjpeg's strict mode, which also catches "
                    "corrupt data decoders accept with a warning), or only the fast header check "
@@ -405,8 +420,9 @@ def compile_command(policy: str, out: Path, device: str, data: str | None, recip
 @click.option("--skip-bad-files", is_flag=True,
               help="Preview a run with skip_bad_files: say how many files it would leave out, and "
                    "exit 0 when every class keeps an image.")
-def check_data_command(data: str, threads: int | None, decode: bool, num_classes: int | None,
-                       allow_absolute_paths: bool, strict: bool, skip_bad_files: bool) -> None:
+def check_data_command(data: str, threads: int | None, old_workers: int | None, decode: bool,
+                       num_classes: int | None, allow_absolute_paths: bool, strict: bool,
+                       skip_bad_files: bool) -> None:
     """Decode every image of DATA (image folder or file list) in parallel and report, by path,
     files that are empty, truncated, corrupt (also corrupt data a decoder would accept with only
     a warning), not images, in a format DALI cannot decode (GIF, 12-bit JPEG), misnamed (PNG/GIF
@@ -419,7 +435,8 @@ def check_data_command(data: str, threads: int | None, decode: bool, num_classes
     try:
         images = scan_images(data, num_classes=num_classes, allow_absolute=allow_absolute_paths)
         with tqdm(total=len(images), unit="img", disable=None, leave=False) as bar:
-            report = check_data(images, threads=threads, progress=bar.update, decode=decode)
+            report = check_data(images, threads=threads or old_workers, progress=bar.update,
+                                decode=decode)
     except DataError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(report.summary())

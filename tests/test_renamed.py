@@ -49,3 +49,16 @@ def test_shipped_recipes_use_only_the_current_names():
             load_recipe(name)
         for name in ("demo", "imagenet-resnet50", "cifar10-wrn28-10", "ddas-demo"):
             SearchConfig.from_recipe(name)
+
+
+def test_the_old_workers_flag_still_works_with_a_warning(tmp_path):
+    from click.testing import CliRunner
+
+    from dra_dali.cli import main
+
+    folder = tmp_path / "data" / "a"
+    folder.mkdir(parents=True)
+    result = CliRunner().invoke(main, ["check-data", str(tmp_path / "data"), "--workers", "2"])
+    assert "--workers is now --threads" in result.output
+    assert "--workers" not in CliRunner().invoke(main, ["check-data", "--help"]).output
+    assert "--workers" not in CliRunner().invoke(main, ["train", "--help"]).output
