@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from search_helpers import interrupt_after_epoch
+from search_helpers import compiled_and_reference_draws, interrupt_after_epoch
 from torch import nn
 
 from dra_dali.search.methods.base import Batch
@@ -238,14 +238,8 @@ def _das_policy(theta=(0.3, 0.55, 0.8)):
 
 @pytest.fixture(scope="module")
 def das_drawn():
-    import numpy as np
-
-    from dra_dali.dali import apply_policy
-
     policy = _das_policy()
-    images = np.random.default_rng(1).integers(0, 256, (N_DRAWS, 4, 4, 3), dtype=np.uint8)
-    _, trace = apply_policy(policy, images, seed=5, trace=True, batch_size=1000)
-    return policy, trace, policy.sample(N_DRAWS, seed=6)
+    return (policy, *compiled_and_reference_draws(policy, N_DRAWS, seeds=(1, 5, 6)))
 
 
 def test_compiled_chain_applies_each_selected_transformation_with_theta(das_drawn):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-from search_helpers import interrupt_after_epoch
+from search_helpers import compiled_and_reference_draws, interrupt_after_epoch
 from torch import nn
 
 from dra_dali.search.methods.blocks import random_signs, relaxed_bernoulli
@@ -253,12 +253,8 @@ def _faa_policy(weights=None):
 
 @pytest.fixture(scope="module")
 def faa_drawn():
-    from dra_dali.dali import apply_policy
-
     policy = _faa_policy()
-    images = np.random.default_rng(0).integers(0, 256, (N_DRAWS, 4, 4, 3), dtype=np.uint8)
-    _, trace = apply_policy(policy, images, seed=3, trace=True, batch_size=1000)
-    return policy, trace, policy.sample(N_DRAWS, seed=4)
+    return (policy, *compiled_and_reference_draws(policy, N_DRAWS, seeds=(0, 3, 4)))
 
 
 def _table(*draws, key):
