@@ -51,14 +51,26 @@ def test_shipped_recipes_use_only_the_current_names():
             SearchConfig.from_recipe(name)
 
 
-def test_the_old_workers_flag_still_works_with_a_warning(tmp_path):
+def test_the_old_workers_flag_still_works_with_a_warning(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
+    import dra_dali.data
     from dra_dali.cli import main
 
-    folder = tmp_path / "data" / "a"
-    folder.mkdir(parents=True)
-    result = CliRunner().invoke(main, ["check-data", str(tmp_path / "data"), "--workers", "2"])
+    used = {}
+    real = dra_dali.data.check_data
+
+    def recording_check_data(images, threads=None, **kwargs):
+        used["threads"] = threads
+        return real(images, threads=threads, **kwargs)
+
+    monkeypatch.setattr(dra_dali.data, "check_data", recording_check_data)
+    from PIL import Image
+
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "data" / "a" / "one.jpg")
+    result = CliRunner().invoke(main, ["check-data", str(tmp_path / "data"), "--workers", "3"])
     assert "--workers is now --threads" in result.output
+    assert used == {"threads": 3}
     assert "--workers" not in CliRunner().invoke(main, ["check-data", "--help"]).output
     assert "--workers" not in CliRunner().invoke(main, ["train", "--help"]).output
